@@ -1,0 +1,559 @@
+//! Spool's engine: the one async API that every door (RESP, gRPC, HTTP) calls, and the only place with business
+//! logic. A [`Broker`] owns the in-memory state (ready sets, timers, leases, unique keys), writes every change through
+//! a [`Store`], and answers a caller only once its change is as durable as the store's policy promises.
+//!
+//! Invariants: the state and the store see changes in the same order (mutations are submitted while the state lock is
+//! held); an operation that reports success to a producer or an acking worker has had its write committed; time comes
+//! only from the injected [`Clock`], so tests drive leases, delays and expiry by hand. This crate must never depend on
+//! a protocol crate.
+
+mod config;
+mod state;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use spool_core::{Clock, ErrorCode, Job, JobId, QueueName, SpoolError, TimestampMs};
+use spool_store::{Commit, Store, StoreError};
+use tokio::sync::{oneshot, Notify};
+
+pub use config::{EngineConfig, QueueSettings, MAX_LEASE_MS};
+pub use state::{Enqueued, NewJob};
+
+use state::{Effects, State};
+
+/// What a failed job should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackAction {
+    /// Retry after the job's backoff (dead-lettered if attempts are exhausted).
+    Retry,
+    /// Retry after this many ms (dead-lettered if attempts are exhausted).
+    RetryAfter(u64),
+    /// Dead-letter now, whatever the attempts left.
+    Dead,
+}
+
+/// An end of a queue's line of ready jobs, in reservation order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum End {
+    /// The job reserved next (highest priority, oldest). Redis's right end for `RPOP`.
+    Next,
+    /// The job reserved last (lowest priority, newest). Redis's left end for `LPOP`.
+    #[default]
+    Last,
+}
+
+/// What reserve does with the jobs it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// Lease them: the worker must ack, or they come back (at-least-once). The default.
+    #[default]
+    Lease,
+    /// Delete them durably before returning (a Redis list pop: at-most-once, since a crash after the delete loses
+    /// the job).
+    Pop,
+}
+
+/// How reserve chooses among several queues.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ReserveOrder {
+    /// The first queue in the caller's list that has a ready job (default).
+    #[default]
+    Strict,
+    /// A random non-empty queue, chosen with these weights (parallel to the queue list; missing weights count 1).
+    Weighted(Vec<u32>),
+}
+
+/// A reservation request.
+#[derive(Debug, Clone)]
+pub struct ReserveRequest {
+    /// Queues to take from.
+    pub queues: Vec<String>,
+    /// How to choose among them.
+    pub order: ReserveOrder,
+    /// Most jobs to return (at least 1).
+    pub count: usize,
+    /// How long to wait for a first job; zero returns at once.
+    pub timeout: Duration,
+    /// Lease (default) or pop.
+    pub delivery: Delivery,
+    /// Which end of each queue's line to take from (default: the next job).
+    pub end: End,
+}
+
+impl ReserveRequest {
+    /// A leasing reservation of up to `count` jobs from `queues` in strict order, waiting up to `timeout`.
+    pub fn new(queues: Vec<String>, count: usize, timeout: Duration) -> Self {
+        Self {
+            queues,
+            order: ReserveOrder::Strict,
+            count,
+            timeout,
+            delivery: Delivery::Lease,
+            end: End::Next,
+        }
+    }
+}
+
+/// Which dead jobs an operation applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadSelector {
+    /// One job, by id.
+    One(JobId),
+    /// Every dead job of a queue.
+    Queue(QueueName),
+    /// Every dead job.
+    All,
+}
+
+/// A queue's counts and totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The queue.
+    pub name: QueueName,
+    /// Whether reservations are suspended.
+    pub paused: bool,
+    /// Jobs waiting to be reserved.
+    pub ready: u64,
+    /// Delayed jobs not yet due.
+    pub scheduled: u64,
+    /// Jobs reserved under a live lease.
+    pub leased: u64,
+    /// Failed jobs waiting out their backoff.
+    pub retry: u64,
+    /// Jobs in the dead-letter queue.
+    pub dead: u64,
+    /// How long the oldest ready job has waited, in ms.
+    pub oldest_ready_age_ms: Option<u64>,
+    /// Jobs enqueued since start.
+    pub enqueued_total: u64,
+    /// Jobs acked since start.
+    pub acked_total: u64,
+    /// Failures (nacks and lease expiries) since start.
+    pub failed_total: u64,
+    /// Jobs dropped unrun because they expired, since start.
+    pub expired_total: u64,
+    /// Jobs moved to the dead-letter queue since start.
+    pub dead_lettered_total: u64,
+}
+
+/// A handle to the broker; cheap to clone, shared by every door.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<Locked>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// Wakes the timer task when a timer earlier than the one it sleeps for is set.
+    timer_changed: Notify,
+    shutting_down: AtomicBool,
+    shutdown: Notify,
+}
+
+/// The state plus the reservers waiting for a job, under one lock so that "a job became ready" and "wake a waiter"
+/// cannot race.
+#[derive(Debug)]
+struct Locked {
+    state: State,
+    waiters: Vec<Waiter>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    queues: Vec<QueueName>,
+    wake: oneshot::Sender<()>,
+}
+
+fn storage_error(e: StoreError) -> SpoolError {
+    SpoolError::new(ErrorCode::Storage, e.to_string())
+}
+
+impl Broker {
+    /// Loads the store and builds a broker over it. Spawns nothing; call [`Broker::run_timers`] in a task to have
+    /// timers fire on their own (tests with a manual clock call [`Broker::tick`] instead).
+    pub fn open(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: EngineConfig) -> Result<Self, SpoolError> {
+        for settings in config.queues.values().chain([&config.queue_defaults]) {
+            settings.validate()?;
+        }
+        let snapshot = store.load().map_err(storage_error)?;
+        let jobs = snapshot.jobs.len();
+        let state = State::restore(config, snapshot);
+        tracing::info!(jobs, "broker state restored");
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                state: Mutex::new(Locked {
+                    state,
+                    waiters: Vec::new(),
+                }),
+                store,
+                clock,
+                timer_changed: Notify::new(),
+                shutting_down: AtomicBool::new(false),
+                shutdown: Notify::new(),
+            }),
+        };
+        // Jobs that were due while the broker was down (delays, retries, expiries) are handled now, before any door
+        // opens, so the first reserve sees them.
+        broker.tick();
+        Ok(broker)
+    }
+
+    fn now(&self) -> TimestampMs {
+        self.inner.clock.now_ms()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Locked> {
+        // A panic while holding the lock would leave the state half-changed; poisoning is the right signal, and
+        // continuing would risk acknowledging writes that never happened.
+        self.inner.state.lock().expect("broker state lock poisoned")
+    }
+
+    /// Runs `op` on the state under the lock, after firing due timers, then submits its writes and wakes waiters —
+    /// all before the lock is released, so the store sees writes in state order. Returns the op's result and the
+    /// commit to await (if any write was made).
+    fn apply<T>(&self, op: impl FnOnce(&mut State, TimestampMs, &mut Effects) -> T) -> (T, Option<Commit>) {
+        let now = self.now();
+        let mut locked = self.lock();
+        let before = locked.state.next_due();
+        let mut fx = Effects::default();
+        locked.state.run_due(now, &mut fx);
+        let out = op(&mut locked.state, now, &mut fx);
+        let commit = (!fx.writes.is_empty()).then(|| self.inner.store.submit(std::mem::take(&mut fx.writes)));
+        for queue in fx.readied {
+            wake_one(&mut locked.waiters, &queue);
+        }
+        let after = locked.state.next_due();
+        drop(locked);
+        if after.is_some() && (before.is_none() || after < before) {
+            self.inner.timer_changed.notify_one();
+        }
+        (out, commit)
+    }
+
+    /// Like [`Broker::apply`] for operations that change durable state: refuses during shutdown, and answers only
+    /// after the writes are committed.
+    async fn write<T>(
+        &self,
+        op: impl FnOnce(&mut State, TimestampMs, &mut Effects) -> Result<T, SpoolError>,
+    ) -> Result<T, SpoolError> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(SpoolError::new(ErrorCode::ShuttingDown, "the broker is shutting down"));
+        }
+        let (out, commit) = self.apply(op);
+        let out = out?;
+        if let Some(commit) = commit {
+            commit.await.map_err(storage_error)?;
+        }
+        Ok(out)
+    }
+
+    /// Enqueues one job; answers once it is durable.
+    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, SpoolError> {
+        let mut out = self.enqueue_batch(vec![job]).await?;
+        Ok(out.pop().expect("one job in, one result out"))
+    }
+
+    /// Enqueues jobs atomically (all or none); answers once they are durable. A job whose unique key is held
+    /// returns the holder's id with `duplicate` set — and that answer too waits until the holder is durable.
+    pub async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, SpoolError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let any_duplicate = std::cell::Cell::new(false);
+        let out = self
+            .write(|state, now, fx| {
+                let out = state.enqueue(now, jobs, fx)?;
+                any_duplicate.set(out.iter().any(|e| e.duplicate));
+                Ok(out)
+            })
+            .await?;
+        if any_duplicate.get() {
+            // An empty batch commits after every batch before it, including the holder's own enqueue.
+            self.inner.store.submit(Vec::new()).await.map_err(storage_error)?;
+        }
+        Ok(out)
+    }
+
+    /// Leases up to `count` jobs from the queues, waiting up to `timeout` for the first one. Returns an empty list
+    /// on timeout or shutdown.
+    pub async fn reserve(&self, req: ReserveRequest) -> Result<Vec<Job>, SpoolError> {
+        let (queues, count) = {
+            let locked = self.lock();
+            let queues = req
+                .queues
+                .iter()
+                .map(|q| locked.state.lookup_queue(q))
+                .collect::<Result<Vec<_>, _>>()?;
+            (queues, req.count)
+        };
+        if queues.is_empty() {
+            return Err(SpoolError::invalid("reserve needs at least one queue"));
+        }
+        if count == 0 || count > self.max_batch() {
+            return Err(SpoolError::invalid(format!(
+                "count must be between 1 and {}, got {count}",
+                self.max_batch()
+            )));
+        }
+        if let ReserveOrder::Weighted(w) = &req.order {
+            if w.len() != queues.len() {
+                return Err(SpoolError::invalid(format!(
+                    "{} weights given for {} queues",
+                    w.len(),
+                    queues.len()
+                )));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + req.timeout;
+        loop {
+            if self.inner.shutting_down.load(Ordering::Acquire) {
+                return Ok(Vec::new());
+            }
+            let lease = req.delivery == Delivery::Lease;
+            let (jobs, commit, waiting) = {
+                let now = self.now();
+                let mut locked = self.lock();
+                let mut fx = Effects::default();
+                locked.state.run_due(now, &mut fx);
+                let jobs = locked
+                    .state
+                    .reserve(now, &queues, &req.order, req.end, lease, count, &mut fx);
+                // Leases are not stored (see `state`): the writes here are a pop's deletes and expiries found on the
+                // way. Only a pop must wait for them, since its jobs exist nowhere else once it answers.
+                let commit = (!fx.writes.is_empty()).then(|| self.inner.store.submit(std::mem::take(&mut fx.writes)));
+                for queue in &fx.readied {
+                    wake_one(&mut locked.waiters, queue);
+                }
+                let waiting = (jobs.is_empty() && !req.timeout.is_zero()).then(|| {
+                    let (tx, rx) = oneshot::channel();
+                    // Reservers that timed out or were cancelled leave closed waiters behind; drop them here so a
+                    // queue that never gets a job does not collect them forever.
+                    locked.waiters.retain(|w| !w.wake.is_closed());
+                    locked.waiters.push(Waiter {
+                        queues: queues.clone(),
+                        wake: tx,
+                    });
+                    rx
+                });
+                (jobs, commit, waiting)
+            };
+            self.inner.timer_changed.notify_one();
+            let Some(rx) = waiting else {
+                if let (Some(commit), false) = (commit, lease) {
+                    commit.await.map_err(storage_error)?;
+                }
+                return Ok(jobs);
+            };
+            tokio::select! {
+                // Woken because a job became ready in one of our queues (or shutdown): loop and try to take it.
+                _ = rx => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    fn max_batch(&self) -> usize {
+        self.lock().state.max_batch()
+    }
+
+    /// Completes a leased job; answers once the completion is durable, so an acked job never comes back.
+    pub async fn ack(&self, id: JobId, token: u64) -> Result<(), SpoolError> {
+        self.write(|state, _, fx| state.ack(&id, token, fx)).await
+    }
+
+    /// Completes many leased jobs with one commit; each gets its own result (a stale token fails only that job).
+    pub async fn ack_many(&self, acks: &[(JobId, u64)]) -> Result<Vec<Result<(), SpoolError>>, SpoolError> {
+        self.write(|state, _, fx| Ok(acks.iter().map(|(id, token)| state.ack(id, *token, fx)).collect()))
+            .await
+    }
+
+    /// Fails a leased job (retry with backoff, retry after a delay, or dead-letter).
+    pub async fn nack(
+        &self,
+        id: JobId,
+        token: u64,
+        action: NackAction,
+        error: Option<String>,
+    ) -> Result<(), SpoolError> {
+        if let NackAction::RetryAfter(ms) = action {
+            if ms > MAX_LEASE_MS * 365 {
+                return Err(SpoolError::invalid(format!("retry delay of {ms} ms is too long")));
+            }
+        }
+        self.write(|state, now, fx| state.nack(now, &id, token, action, error, fx))
+            .await
+    }
+
+    /// Extends a lease (a worker's heartbeat) to `lease_ms` from now, or the job's lease length; returns the new
+    /// end of the lease. Not written to the store: after a restart every lease is void anyway.
+    pub async fn extend(&self, id: JobId, token: u64, lease_ms: Option<u64>) -> Result<TimestampMs, SpoolError> {
+        self.write(|state, now, fx| state.extend(now, &id, token, lease_ms, fx))
+            .await
+    }
+
+    /// Deletes a job that is not yet reserved.
+    pub async fn cancel(&self, id: JobId) -> Result<(), SpoolError> {
+        self.write(|state, _, fx| state.cancel(&id, fx)).await
+    }
+
+    /// A copy of a job (with its payload), or `NOTFOUND`.
+    pub fn get(&self, id: JobId) -> Result<Job, SpoolError> {
+        let (job, _) = self.apply(|state, _, _| state.get(&id).cloned());
+        job.ok_or_else(|| SpoolError::not_found(format!("no job {id}")))
+    }
+
+    /// Stats of one queue.
+    pub fn queue_stats(&self, queue: &str) -> Result<QueueStats, SpoolError> {
+        let (stats, _) = self.apply(|state, now, _| {
+            let name = state.known_queue(queue)?;
+            Ok::<_, SpoolError>(state.queue_stats(now, &name).expect("known queue"))
+        });
+        stats
+    }
+
+    /// Stats of every queue, by name.
+    pub fn list_queues(&self) -> Vec<QueueStats> {
+        let (stats, _) = self.apply(|state, now, _| {
+            state
+                .queue_names()
+                .iter()
+                .filter_map(|q| state.queue_stats(now, q))
+                .collect()
+        });
+        stats
+    }
+
+    /// Up to `limit` ready jobs of a queue in reservation order counted from `end`, after skipping `offset`;
+    /// nothing changes.
+    pub fn peek(&self, queue: &str, end: End, offset: usize, limit: usize) -> Result<Vec<Job>, SpoolError> {
+        let (jobs, _) = self.apply(|state, _, _| {
+            let name = state.lookup_queue(queue)?;
+            Ok::<_, SpoolError>(
+                state
+                    .peek_ready(&name, end, offset, limit)
+                    .into_iter()
+                    .cloned()
+                    .collect(),
+            )
+        });
+        jobs
+    }
+
+    /// Suspends reservations from a queue (enqueues still land). Returns whether anything changed.
+    pub async fn pause(&self, queue: &str) -> Result<bool, SpoolError> {
+        self.set_paused(queue, true).await
+    }
+
+    /// Resumes a paused queue. Returns whether anything changed.
+    pub async fn resume(&self, queue: &str) -> Result<bool, SpoolError> {
+        self.set_paused(queue, false).await
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, SpoolError> {
+        self.write(|state, _, fx| {
+            let name = state.lookup_queue(queue)?;
+            Ok(state.set_paused(&name, paused, fx))
+        })
+        .await
+    }
+
+    /// Deletes the queue's ready, scheduled and retrying jobs; returns how many.
+    pub async fn purge(&self, queue: &str) -> Result<u64, SpoolError> {
+        self.write(|state, _, fx| {
+            let name = state.lookup_queue(queue)?;
+            Ok(state.purge(&name, fx))
+        })
+        .await
+    }
+
+    /// Dead jobs in the order they died (optionally of one queue), after the cursor `after`, at most `limit`.
+    pub fn dead_list(&self, queue: Option<&str>, after: Option<JobId>, limit: usize) -> Result<Vec<Job>, SpoolError> {
+        let (jobs, _) = self.apply(|state, _, _| {
+            let queue = queue.map(QueueName::new).transpose()?;
+            Ok::<_, SpoolError>(
+                state
+                    .dead_list(queue.as_ref(), after, limit)
+                    .into_iter()
+                    .cloned()
+                    .collect(),
+            )
+        });
+        jobs
+    }
+
+    /// Puts dead jobs back in their queues with fresh attempts; returns how many.
+    pub async fn dead_replay(&self, selector: DeadSelector) -> Result<u64, SpoolError> {
+        self.write(|state, now, fx| state.dead_replay(now, &selector, fx)).await
+    }
+
+    /// Deletes dead jobs; returns how many.
+    pub async fn dead_purge(&self, selector: DeadSelector) -> Result<u64, SpoolError> {
+        self.write(|state, _, fx| state.dead_purge(&selector, fx)).await
+    }
+
+    /// Fires every timer that is due now (promotions, expiries, lost leases). The timer task calls this; so do
+    /// tests that move a manual clock.
+    pub fn tick(&self) {
+        let (_, commit) = self.apply(|_, _, _| ());
+        // Timer writes (a lost lease's retry, an expiry) answer no caller; they are ordered like every other write.
+        drop(commit);
+    }
+
+    /// Total live jobs and queues (for logs and INFO).
+    pub fn totals(&self) -> (usize, usize) {
+        self.lock().state.counts()
+    }
+
+    /// Fires timers as they fall due until shutdown. Sleeps until the earliest timer, and wakes early when an
+    /// earlier one is set; the sleep is capped so a wall-clock step is noticed within a second.
+    pub async fn run_timers(&self) {
+        loop {
+            self.tick();
+            let wait = {
+                let next = self.lock().state.next_due();
+                let now = self.now();
+                next.map_or(1_000, |due| due.saturating_sub(now).clamp(1, 1_000))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                _ = self.inner.timer_changed.notified() => {}
+                _ = self.inner.shutdown.notified() => return,
+            }
+            if self.inner.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+        }
+    }
+
+    /// Begins shutdown: new writes are refused with `SHUTDOWN`, blocked reservers return empty, the timer task
+    /// stops. Then flushes the store so everything acknowledged is on disk.
+    pub fn shutdown(&self) -> Result<(), SpoolError> {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        self.inner.shutdown.notify_waiters();
+        for waiter in self.lock().waiters.drain(..) {
+            let _ = waiter.wake.send(());
+        }
+        self.inner.store.flush().map_err(storage_error)
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// Wakes the longest-waiting reserver interested in `queue`. A waiter whose reserve was cancelled (its receiver is
+/// gone) is skipped, so the wake-up reaches someone who will take the job.
+fn wake_one(waiters: &mut Vec<Waiter>, queue: &QueueName) {
+    while let Some(pos) = waiters.iter().position(|w| w.queues.contains(queue)) {
+        let waiter = waiters.remove(pos);
+        if waiter.wake.send(()).is_ok() {
+            return;
+        }
+    }
+}
