@@ -264,15 +264,10 @@ impl Broker {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let any_duplicate = std::cell::Cell::new(false);
-        let out = self
-            .write(|state, now, fx| {
-                let out = state.enqueue(now, jobs, fx)?;
-                any_duplicate.set(out.iter().any(|e| e.duplicate));
-                Ok(out)
-            })
-            .await?;
-        if any_duplicate.get() {
+        // The duplicate check reads the result rather than a flag set inside the closure: a `Cell` held across the
+        // await would make this future `!Send`, and every door runs it in a spawned task.
+        let out = self.write(|state, now, fx| state.enqueue(now, jobs, fx)).await?;
+        if out.iter().any(|e| e.duplicate) {
             // An empty batch commits after every batch before it, including the holder's own enqueue.
             self.inner.store.submit(Vec::new()).await.map_err(storage_error)?;
         }

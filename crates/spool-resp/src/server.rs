@@ -1,0 +1,344 @@
+//! The accept loop and the per-connection handler: read a request, check authentication and transactions, apply the
+//! command, write the reply.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use spool_engine::Broker;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::cmd::{Command, Ctx, Spec};
+use crate::connection::{Connection, ReadError};
+use crate::frame::{Frame, Limits, Proto, ProtocolError};
+use crate::parse::CommandError;
+use crate::RespConfig;
+
+/// What every connection of one listener shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub broker: Broker,
+    pub config: RespConfig,
+    pub started: Instant,
+    next_client_id: AtomicU64,
+    /// Connections being served now.
+    pub connected: AtomicUsize,
+    /// Clients waiting in a blocking command now.
+    pub blocked: AtomicUsize,
+    /// Connections accepted since start (including refused ones).
+    pub connections_total: AtomicU64,
+    /// Connections refused because `max_connections` were open.
+    pub rejected_total: AtomicU64,
+    /// Commands run since start.
+    pub commands_total: AtomicU64,
+}
+
+/// One client's state between commands. New per-client state (pub/sub subscriptions, watched keys) goes here.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub proto: Proto,
+    pub authenticated: bool,
+    pub name: Option<String>,
+    pub lib_name: Option<String>,
+    pub lib_ver: Option<String>,
+    pub connected_at: Instant,
+}
+
+/// Counts a value up for as long as the guard lives, so early returns cannot leave a gauge wrong.
+struct Gauge<'a>(&'a AtomicUsize);
+
+impl<'a> Gauge<'a> {
+    fn up(gauge: &'a AtomicUsize) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Gauge(gauge)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves RESP on `listener` until `shutdown` resolves; then stops accepting, lets each connection finish the
+/// command it is running (a blocking wait for a job is cut short with `-SHUTDOWN`), closes them all and returns.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    config: RespConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = config.limits();
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let shared = Arc::new(Shared {
+        broker,
+        config,
+        started: Instant::now(),
+        next_client_id: AtomicU64::new(1),
+        connected: AtomicUsize::new(0),
+        blocked: AtomicUsize::new(0),
+        connections_total: AtomicU64::new(0),
+        rejected_total: AtomicU64::new(0),
+        commands_total: AtomicU64::new(0),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tracing::info!(addr = ?listener.local_addr().ok(), "RESP listener serving");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            // Shutdown first: once it resolves, no further connection is taken even if one is waiting.
+            biased;
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, addr)) => {
+                    shared.connections_total.fetch_add(1, Ordering::Relaxed);
+                    match permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let shared = shared.clone();
+                            let stop = stop_rx.clone();
+                            tasks.spawn(async move {
+                                handle(&shared, socket, addr, limits, stop).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            shared.rejected_total.fetch_add(1, Ordering::Relaxed);
+                            tasks.spawn(refuse(socket));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: pausing lets connections close instead of spinning on the
+                    // same error.
+                    tracing::warn!(error = %e, "RESP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            // Reap finished connections so the set does not grow with every client ever served.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    tracing::info!(connections = tasks.len(), "RESP listener stopping; closing connections");
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Answers a connection over the limit with Redis's error, then closes it. Bounded in time so a peer that does not
+/// read cannot hold the task.
+async fn refuse(mut socket: TcpStream) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.write_all(b"-ERR max number of clients reached\r\n"),
+    )
+    .await;
+}
+
+/// The words of a request; a nested array has no meaning as a command word.
+fn request_args(items: Vec<Frame>) -> Result<Vec<Bytes>, ProtocolError> {
+    items
+        .into_iter()
+        .map(|item| match item {
+            Frame::Bulk(b) => Ok(b),
+            Frame::Simple(s) => Ok(Bytes::from(s)),
+            Frame::Integer(n) => Ok(Bytes::from(n.to_string())),
+            _ => Err(ProtocolError("command arguments must be bulk strings".into())),
+        })
+        .collect()
+}
+
+/// A transaction being queued by `MULTI`.
+struct Transaction {
+    queued: Vec<Command>,
+    /// A command failed to queue (unknown, wrong arity, not allowed): `EXEC` will refuse, as Redis's does.
+    aborted: bool,
+}
+
+/// What to do after a reply.
+enum Next {
+    Continue,
+    Close,
+}
+
+async fn handle(shared: &Shared, socket: TcpStream, addr: SocketAddr, limits: Limits, mut stop: watch::Receiver<bool>) {
+    let _connected = Gauge::up(&shared.connected);
+    // Replies are small and pipelined ones are batched by the write buffer; Nagle would only add latency.
+    let _ = socket.set_nodelay(true);
+    let mut conn = Connection::new(socket, limits);
+    let mut session = Session {
+        id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+        addr,
+        proto: Proto::Resp2,
+        authenticated: shared.config.password.is_none(),
+        name: None,
+        lib_name: None,
+        lib_ver: None,
+        connected_at: Instant::now(),
+    };
+    let mut txn: Option<Transaction> = None;
+    tracing::debug!(client = session.id, %addr, "RESP client connected");
+    loop {
+        let read = tokio::select! {
+            // A request already buffered is served before a shutdown is noticed: it was sent before we stopped.
+            biased;
+            read = read_request(&mut conn, shared.config.idle_timeout) => read,
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        };
+        let frame = match read {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(ReadError::Protocol(e)) => {
+                tracing::info!(client = session.id, %addr, error = %e, "RESP protocol error; closing");
+                let _ = conn.write_frame(&Frame::Error(format!("ERR {e}"))).await;
+                let _ = conn.flush().await;
+                break;
+            }
+            Err(ReadError::Io(e)) => {
+                tracing::debug!(client = session.id, error = %e, "RESP connection ended");
+                break;
+            }
+        };
+        let Frame::Array(items) = frame else {
+            unreachable!("requests are arrays")
+        };
+        let args = match request_args(items) {
+            Ok(args) if args.is_empty() => continue,
+            Ok(args) => args,
+            Err(e) => {
+                let _ = conn.write_frame(&Frame::Error(format!("ERR {e}"))).await;
+                let _ = conn.flush().await;
+                break;
+            }
+        };
+        shared.commands_total.fetch_add(1, Ordering::Relaxed);
+        let (reply, next) = run(shared, &mut session, &mut txn, &mut conn, &mut stop, args).await;
+        let Some(reply) = reply else { break };
+        conn.proto = session.proto;
+        if conn.write_frame(&reply).await.is_err() {
+            break;
+        }
+        // After shutdown began, the command just answered was the last one: pipelined requests behind it are not
+        // started, so the listener can finish promptly.
+        if matches!(next, Next::Close) || *stop.borrow() {
+            let _ = conn.flush().await;
+            break;
+        }
+    }
+    tracing::debug!(client = session.id, "RESP client disconnected");
+}
+
+/// Reads the next request, giving up after the idle timeout (a close, as Redis's `timeout` does).
+async fn read_request(conn: &mut Connection, idle: Option<Duration>) -> Result<Option<Frame>, ReadError> {
+    match idle {
+        None => conn.read_frame().await,
+        Some(idle) => tokio::time::timeout(idle, conn.read_frame()).await.unwrap_or(Ok(None)),
+    }
+}
+
+/// Runs one request. `None` as the reply means the peer is gone and nothing should be written.
+async fn run(
+    shared: &Shared,
+    session: &mut Session,
+    txn: &mut Option<Transaction>,
+    conn: &mut Connection,
+    stop: &mut watch::Receiver<bool>,
+    args: Vec<Bytes>,
+) -> (Option<Frame>, Next) {
+    let reply = |r: Result<Frame, CommandError>| (Some(r.unwrap_or_else(|e| e.to_frame())), Next::Continue);
+    let (command, spec) = match Command::from_args(args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            if let Some(txn) = txn {
+                txn.aborted = true;
+            }
+            return reply(Err(e));
+        }
+    };
+    if !session.authenticated && !allowed_without_auth(spec) {
+        if let Some(txn) = txn {
+            txn.aborted = true;
+        }
+        return reply(Err(CommandError::NoAuth));
+    }
+    match (command, txn.as_mut()) {
+        (Command::Quit, _) => (Some(Frame::ok()), Next::Close),
+        (Command::Multi, Some(_)) => reply(Err(CommandError::Other("ERR MULTI calls can not be nested".into()))),
+        (Command::Multi, None) => {
+            *txn = Some(Transaction {
+                queued: Vec::new(),
+                aborted: false,
+            });
+            reply(Ok(Frame::ok()))
+        }
+        (Command::Discard, None) => reply(Err(CommandError::Other("ERR DISCARD without MULTI".into()))),
+        (Command::Discard, Some(_)) => {
+            *txn = None;
+            reply(Ok(Frame::ok()))
+        }
+        (Command::Exec, None) => reply(Err(CommandError::Other("ERR EXEC without MULTI".into()))),
+        (Command::Exec, Some(_)) => {
+            let Transaction { queued, aborted } = txn.take().expect("in a transaction");
+            if aborted {
+                return reply(Err(CommandError::Other(
+                    "EXECABORT Transaction discarded because of previous errors.".into(),
+                )));
+            }
+            // Each command runs to completion in order, blocking ones without waiting, as in Redis. Unlike Redis,
+            // other clients' commands may interleave: the engine has no multi-command isolation to offer.
+            let mut ctx = Ctx {
+                shared,
+                session,
+                may_block: false,
+            };
+            let mut replies = Vec::with_capacity(queued.len());
+            for command in queued {
+                replies.push(command.apply(&mut ctx).await.unwrap_or_else(|e| e.to_frame()));
+            }
+            reply(Ok(Frame::Array(replies)))
+        }
+        (command, Some(txn)) => {
+            txn.queued.push(command);
+            reply(Ok(Frame::Simple("QUEUED".into())))
+        }
+        (command, None) if command.may_block() => {
+            let _blocked = Gauge::up(&shared.blocked);
+            let mut ctx = Ctx {
+                shared,
+                session,
+                may_block: true,
+            };
+            tokio::select! {
+                result = command.apply(&mut ctx) => reply(result),
+                // The peer left while waiting: dropping the wait takes nothing from the queue, so no job is lost.
+                _ = conn.closed() => (None, Next::Close),
+                _ = stop.wait_for(|stopped| *stopped) => (
+                    Some(Frame::Error("SHUTDOWN the server is shutting down".into())),
+                    Next::Close,
+                ),
+            }
+        }
+        (command, None) => {
+            let mut ctx = Ctx {
+                shared,
+                session,
+                may_block: true,
+            };
+            reply(command.apply(&mut ctx).await)
+        }
+    }
+}
+
+/// Before authenticating, a client may only authenticate, say hello, check liveness or leave.
+fn allowed_without_auth(spec: &Spec) -> bool {
+    spec.flags.contains(&"no-auth")
+}
