@@ -156,7 +156,7 @@ impl JobCmd {
             }
             "JOB.FETCH" => JobCmd::Fetch(parse_fetch(p)?),
             "JOB.ACK" => {
-                if p.remaining() % 2 != 0 {
+                if !p.remaining().is_multiple_of(2) {
                     return Err(CommandError::Arity("job.ack".into()));
                 }
                 let mut acks = Vec::with_capacity(p.remaining() / 2);

@@ -106,9 +106,13 @@ impl Raw {
         self.line().await
     }
 
-    /// True once the server has closed the connection (after any pending bytes).
+    /// Waits for the server to close the connection (after any pending bytes); true if it did. A reset counts as a
+    /// close: a server that closes with unread request bytes makes the kernel send RST.
     pub async fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.0.read_to_end(&mut rest).await, Ok(_))
+        match self.0.read_to_end(&mut rest).await {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
     }
 }
