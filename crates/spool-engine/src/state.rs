@@ -23,6 +23,9 @@ use crate::{DeadSelector, End, NackAction, QueueStats, ReserveOrder};
 #[derive(Debug, Default)]
 struct ReadySet {
     by_priority: [BTreeMap<u64, JobId>; 10],
+    /// The same jobs by when they entered the queue. Age cannot be read off the sequence: a job pushed to the front
+    /// of the line (`End::Next`) has the lowest sequence number but may be the newest job waiting.
+    by_age: BTreeSet<(TimestampMs, JobId)>,
     len: usize,
 }
 
@@ -32,12 +35,14 @@ impl ReadySet {
             .insert(job.seq, job.id)
             .is_none()
         {
+            self.by_age.insert((job.enqueued_at, job.id));
             self.len += 1;
         }
     }
 
     fn remove(&mut self, job: &Job) {
         if self.by_priority[job.priority.get() as usize].remove(&job.seq).is_some() {
+            self.by_age.remove(&(job.enqueued_at, job.id));
             self.len -= 1;
         }
     }
@@ -59,11 +64,7 @@ impl ReadySet {
 
     /// The job that has waited longest, whatever its priority.
     fn oldest(&self) -> Option<JobId> {
-        self.by_priority
-            .iter()
-            .filter_map(|fifo| fifo.iter().next())
-            .min_by_key(|(seq, _)| **seq)
-            .map(|(_, id)| *id)
+        self.by_age.first().map(|(_, id)| *id)
     }
 
     /// Jobs in reservation order, from `end`.
@@ -203,7 +204,19 @@ impl State {
             state.front_seq = state.front_seq.min(job.seq);
             if job.state != JobState::Dead {
                 if let Some(key) = &job.unique_key {
-                    state.unique.entry(key.clone()).or_insert(job.id);
+                    // Two live jobs can share a key when the first one's `unique_until` passed and a later job took
+                    // the key over. The later job's claim always ends later (or never), so the longest claim is the
+                    // holder; taking the first job loaded would hand the key back to an expired claim and let a
+                    // duplicate in after every restart.
+                    let claim_end = |j: &Job| j.unique_until.unwrap_or(TimestampMs::MAX);
+                    let outlasted = state
+                        .unique
+                        .get(key)
+                        .and_then(|id| state.jobs.get(id))
+                        .is_some_and(|holder| claim_end(holder) >= claim_end(&job));
+                    if !outlasted {
+                        state.unique.insert(key.clone(), job.id);
+                    }
                 }
             }
             state.queue_mut_or_create(&job.queue);
@@ -815,7 +828,8 @@ impl State {
             .collect()
     }
 
-    /// Puts dead jobs back in their queues with a fresh set of attempts.
+    /// Puts dead jobs back in their queues with a fresh set of attempts. A job whose unique key another live job
+    /// took while it was dead gives the key up.
     pub fn dead_replay(
         &mut self,
         now: TimestampMs,
@@ -833,8 +847,13 @@ impl State {
             job.enqueued_at = now;
             // A replayed job must not outlive its original expiry check: it was explicitly asked for again.
             job.expires_at = None;
-            if let Some(key) = &job.unique_key {
-                self.unique.entry(key.clone()).or_insert(job.id);
+            // The job takes its key back unless another live job holds it by now; then it gives the key up (and the
+            // write records that), since a restart could not tell which of two live holders of a key was the real one.
+            if self.holder_of_unique(now, &job).is_some() {
+                job.unique_key = None;
+                job.unique_until = None;
+            } else if let Some(key) = &job.unique_key {
+                self.unique.insert(key.clone(), job.id);
             }
             fx.writes.push(Mutation::PutJob(Box::new(job.clone())));
             self.put(job, fx);
