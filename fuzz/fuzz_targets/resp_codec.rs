@@ -36,7 +36,9 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     }
-    let (again, n) = parse(&wire, &LIMITS).expect("re-encoded request parses").expect("complete");
+    let (again, n) = parse(&wire, &LIMITS)
+        .expect("re-encoded request parses")
+        .expect("complete");
     assert_eq!(n, wire.len());
     assert_eq!(again, frame);
 });
