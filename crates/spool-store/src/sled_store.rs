@@ -95,6 +95,10 @@ impl SledStore {
             .and_then(|_| fs::remove_file(&probe))
             .map_err(|e| open_err(format!("directory is not writable: {e}")))?;
 
+        // sled treats a log it cannot parse as an empty database and carries on, which would silently start the
+        // broker with nothing in it. Spool writes and syncs its schema record the first time it opens a directory,
+        // so a log that already has bytes but yields no schema record is unreadable, and we refuse it.
+        let had_log = fs::metadata(path.join("db")).is_ok_and(|m| m.len() > 0);
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(config.cache_bytes)
@@ -124,11 +128,12 @@ impl SledStore {
                 }
             }
             None => {
-                if !db.is_empty() {
+                if had_log || !db.is_empty() {
                     return Err(StoreError::Corrupt {
                         path,
                         key: "schema".into(),
-                        reason: "the directory holds records but no schema version; is it a Spool data directory?"
+                        reason: "the store has data but no readable schema record: it is corrupt, or not a Spool \
+                                 data directory"
                             .into(),
                     });
                 }

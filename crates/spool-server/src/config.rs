@@ -1,0 +1,546 @@
+//! The daemon's configuration: a TOML file (every key optional, defaults embedded), then `SPOOL_SECTION__KEY`
+//! environment overrides, then command-line flags. `config/spool.toml` documents every key with its default; keep it
+//! in step with the structs here.
+//!
+//! Errors name the file and the key (`config/spool.toml: storage.durability: unknown variant …`), because the person
+//! reading them is an operator with a broken deploy, not the author of this code.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use spool_core::{Jitter, QueueName, RetryPolicy};
+use spool_engine::{EngineConfig, QueueSettings};
+use spool_store::{Durability, SledConfig};
+
+/// A configuration problem, naming where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct ConfigError {
+    /// The file (or "environment", or "defaults") the bad value came from.
+    pub source_name: String,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: where data lives.
+    pub server: ServerSection,
+    /// `[storage]`: durability and sled tuning.
+    pub storage: StorageSection,
+    /// `[limits]`: request size limits.
+    pub limits: LimitsSection,
+    /// `[log]`: log format and level.
+    pub log: LogSection,
+    /// `[queue_defaults]`: settings of queues created on first use, inherited by `[queues.NAME]`.
+    pub queue_defaults: QueueSection,
+    /// `[queues.NAME]`: queues that exist from the start (besides `critical`, `default`, `bulk`), with overrides.
+    pub queues: BTreeMap<String, QueueOverrides>,
+    /// `[resp]`: the Redis-protocol listener.
+    pub resp: RespSection,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Data directory. Default `./data`.
+    pub data_dir: PathBuf,
+    /// Unknown queue names are created on first use (default true); false rejects them with `NOQUEUE`.
+    pub auto_create_queues: bool,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            auto_create_queues: true,
+        }
+    }
+}
+
+/// How an acknowledged write reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// fsync before every reply (group commit). Default.
+    #[default]
+    Always,
+    /// fsync every `storage.interval`.
+    Interval,
+    /// Leave it to sled's background flush.
+    None,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    /// `always` (default), `interval` or `none`.
+    pub durability: DurabilityMode,
+    /// fsync period for `durability = "interval"`. Default 1 s.
+    #[serde(deserialize_with = "human_duration")]
+    pub interval: Duration,
+    /// sled's page cache in MiB. Default 64.
+    pub cache_mb: u64,
+    /// Most mutations per group commit. Default 4096.
+    pub max_group_mutations: usize,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            durability: DurabilityMode::Always,
+            interval: Duration::from_secs(1),
+            cache_mb: 64,
+            max_group_mutations: 4_096,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest job payload in bytes. Default 1048576 (1 MiB).
+    pub max_payload_bytes: usize,
+    /// Most jobs per enqueue batch or reservation. Default 1000.
+    pub max_batch: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let engine = EngineConfig::default();
+        Self {
+            max_payload_bytes: engine.max_payload_bytes,
+            max_batch: engine.max_batch,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines. Default.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `spool_engine=debug,info`. Default `info`; `RUST_LOG` wins if set.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Retry backoff as written in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackoffSection {
+    /// First retry delay. Default 1 s.
+    #[serde(deserialize_with = "human_duration")]
+    pub initial: Duration,
+    /// Growth per failure. Default 2.0.
+    pub multiplier: f64,
+    /// Cap. Default 1 h.
+    #[serde(deserialize_with = "human_duration")]
+    pub max: Duration,
+    /// `full` (default), `equal` or `none`.
+    pub jitter: Jitter,
+}
+
+impl Default for BackoffSection {
+    fn default() -> Self {
+        let p = RetryPolicy::default();
+        Self {
+            initial: Duration::from_millis(p.initial_ms),
+            multiplier: p.multiplier,
+            max: Duration::from_millis(p.max_ms),
+            jitter: p.jitter,
+        }
+    }
+}
+
+impl From<&BackoffSection> for RetryPolicy {
+    fn from(b: &BackoffSection) -> Self {
+        RetryPolicy {
+            initial_ms: b.initial.as_millis() as u64,
+            multiplier: b.multiplier,
+            max_ms: b.max.as_millis() as u64,
+            jitter: b.jitter,
+        }
+    }
+}
+
+/// `[queue_defaults]`: every key of a queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSection {
+    /// Lease per reservation. Default 30 s.
+    #[serde(deserialize_with = "human_duration")]
+    pub lease: Duration,
+    /// Reservations before dead-lettering. Default 25.
+    pub max_attempts: u32,
+    /// Retry backoff.
+    pub backoff: BackoffSection,
+    /// Start paused. Default false.
+    pub paused: bool,
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        let q = QueueSettings::default();
+        Self {
+            lease: Duration::from_millis(q.lease_ms),
+            max_attempts: q.max_attempts,
+            backoff: BackoffSection::default(),
+            paused: q.paused,
+        }
+    }
+}
+
+impl From<&QueueSection> for QueueSettings {
+    fn from(q: &QueueSection) -> Self {
+        QueueSettings {
+            lease_ms: q.lease.as_millis() as u64,
+            max_attempts: q.max_attempts,
+            retry: (&q.backoff).into(),
+            paused: q.paused,
+        }
+    }
+}
+
+/// `[queues.NAME]`: each key overrides `[queue_defaults]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueOverrides {
+    /// Lease per reservation.
+    #[serde(deserialize_with = "optional_human_duration")]
+    pub lease: Option<Duration>,
+    /// Reservations before dead-lettering.
+    pub max_attempts: Option<u32>,
+    /// Retry backoff (the whole table replaces the default's).
+    pub backoff: Option<BackoffSection>,
+    /// Start paused.
+    pub paused: Option<bool>,
+}
+
+/// `[resp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RespSection {
+    /// Whether to listen at all. Default true.
+    pub enabled: bool,
+    /// Address to listen on. Default `127.0.0.1:6379`, so `redis://localhost:6379` URLs work unchanged.
+    pub listen: SocketAddr,
+    /// Password for `AUTH`; empty (default) means no authentication.
+    pub password: String,
+    /// Most simultaneous connections. Default 10000.
+    pub max_connections: usize,
+    /// Close a connection idle this long; `0s` (default) never does, like Redis's `timeout 0`.
+    #[serde(deserialize_with = "human_duration")]
+    pub idle_timeout: Duration,
+    /// Largest bulk string in bytes. Default 2 MiB (above the payload limit, so big payloads get `TOOBIG`).
+    pub max_bulk_bytes: usize,
+    /// Most elements in one array frame. Default 10000.
+    pub max_array_len: usize,
+    /// Longest inline command line in bytes. Default 65536.
+    pub max_inline_bytes: usize,
+    /// Deepest nesting of aggregate frames. Default 8.
+    pub max_depth: usize,
+}
+
+impl Default for RespSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 6379)),
+            password: String::new(),
+            max_connections: 10_000,
+            idle_timeout: Duration::ZERO,
+            max_bulk_bytes: 2 * 1024 * 1024,
+            max_array_len: 10_000,
+            max_inline_bytes: 64 * 1024,
+            max_depth: 8,
+        }
+    }
+}
+
+fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}")))
+}
+
+fn optional_human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    human_duration(d).map(Some)
+}
+
+/// Where a configuration came from, for error messages.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A file.
+    File(PathBuf),
+    /// Embedded defaults plus environment.
+    Defaults,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Defaults => f.write_str("built-in defaults"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `file` (if any), applies `SPOOL_SECTION__KEY` overrides from `env`, and validates the result.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let origin = file.map_or(Origin::Defaults, |p| Origin::File(p.to_path_buf()));
+        let err = |message: String| ConfigError {
+            source_name: origin.to_string(),
+            message,
+        };
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+                // Parsing to a plain table first gives syntax errors with line and column.
+                text.parse::<toml::Table>()
+                    .map_err(|e| err(e.to_string().trim_end().to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        let applied = apply_env(&mut table, env).map_err(|message| ConfigError {
+            source_name: "environment".into(),
+            message,
+        })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let from_env = applied
+                .iter()
+                .any(|k| key.starts_with(k.as_str()) || k.starts_with(&key));
+            ConfigError {
+                source_name: if from_env {
+                    "environment".into()
+                } else {
+                    origin.to_string()
+                },
+                // toml repeats the key on a last line ("in `storage.durability`"); we already lead with it.
+                message: format!("{key}: {}", e.inner().to_string().lines().next().unwrap_or_default()),
+            }
+        })?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.storage.durability == DurabilityMode::Interval && self.storage.interval.is_zero() {
+            return Err("storage.interval: must be more than 0s with durability = \"interval\"".into());
+        }
+        if self.storage.cache_mb == 0 {
+            return Err("storage.cache_mb: must be at least 1".into());
+        }
+        if self.limits.max_payload_bytes == 0 || self.limits.max_batch == 0 {
+            return Err("limits: max_payload_bytes and max_batch must be at least 1".into());
+        }
+        self.engine_config()?;
+        Ok(())
+    }
+
+    /// The engine's settings.
+    pub fn engine_config(&self) -> Result<EngineConfig, String> {
+        let defaults = QueueSettings::from(&self.queue_defaults);
+        defaults
+            .validate()
+            .map_err(|e| format!("queue_defaults: {}", e.message))?;
+        let mut engine = EngineConfig {
+            max_payload_bytes: self.limits.max_payload_bytes,
+            max_batch: self.limits.max_batch,
+            auto_create_queues: self.server.auto_create_queues,
+            queue_defaults: defaults.clone(),
+            ..EngineConfig::default()
+        };
+        for settings in engine.queues.values_mut() {
+            *settings = defaults.clone();
+        }
+        for (name, o) in &self.queues {
+            let queue = QueueName::new(name).map_err(|e| format!("queues.{name}: {}", e.message))?;
+            let settings = QueueSettings {
+                lease_ms: o.lease.map_or(defaults.lease_ms, |d| d.as_millis() as u64),
+                max_attempts: o.max_attempts.unwrap_or(defaults.max_attempts),
+                retry: o.backoff.as_ref().map_or(defaults.retry, RetryPolicy::from),
+                paused: o.paused.unwrap_or(defaults.paused),
+            };
+            settings
+                .validate()
+                .map_err(|e| format!("queues.{name}: {}", e.message))?;
+            engine.queues.insert(queue, settings);
+        }
+        Ok(engine)
+    }
+
+    /// The store's settings.
+    pub fn store_config(&self) -> SledConfig {
+        let mut store = SledConfig::new(&self.server.data_dir);
+        store.durability = match self.storage.durability {
+            DurabilityMode::Always => Durability::Always,
+            DurabilityMode::Interval => Durability::Interval(self.storage.interval),
+            DurabilityMode::None => Durability::None,
+        };
+        store.cache_bytes = self.storage.cache_mb * 1024 * 1024;
+        store.max_group_mutations = self.storage.max_group_mutations;
+        store
+    }
+}
+
+/// Applies `SPOOL_A__B=value` as `a.b = value`. A value that parses as a TOML value (number, bool, array, inline
+/// table, quoted string) is taken as such; anything else is a string, so `SPOOL_RESP__LISTEN=0.0.0.0:6379` works
+/// without quotes. Variables without `__` (`SPOOL_CONFIG`, `SPOOL_DATA_DIR`) belong to command-line flags. Returns the
+/// dotted keys that were set.
+fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<Vec<String>, String> {
+    let mut applied = Vec::new();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("SPOOL_") else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(format!("{name}: empty key segment"));
+        }
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let (last, parents) = path.split_last().expect("at least two segments");
+        let mut node = &mut *table;
+        for segment in parents {
+            node = match node
+                .entry(segment.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                toml::Value::Table(t) => t,
+                _ => return Err(format!("{name}: {segment} is not a table")),
+            };
+        }
+        node.insert(last.clone(), value);
+        applied.push(path.join("."));
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, []).unwrap();
+        assert_eq!(c.storage.durability, DurabilityMode::Always);
+        let engine = c.engine_config().unwrap();
+        let names: Vec<_> = engine.queues.keys().map(|q| q.to_string()).collect();
+        assert_eq!(names, ["bulk", "critical", "default"]);
+    }
+
+    /// The shipped file documents every setting as a `# key = value` line at its default: uncommenting them all
+    /// must give exactly the embedded defaults, so the file cannot drift from the code.
+    #[test]
+    fn shipped_config_documents_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/spool.toml");
+        let shipped = std::fs::read_to_string(&path).unwrap();
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(uncommented.lines().count() > 20, "expected the settings to be listed");
+        let f = write(&uncommented);
+        let explicit = Config::load(Some(f.path()), []).unwrap();
+        let defaults = Config::load(None, []).unwrap();
+        assert_eq!(format!("{explicit:?}"), format!("{defaults:?}"));
+        assert!(Config::load(Some(&path), []).is_ok());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let f = write("[storage]\ndurability = \"none\"\n[queues.emails]\nlease = \"10s\"\n");
+        let env = [
+            ("SPOOL_STORAGE__DURABILITY".to_string(), "interval".to_string()),
+            ("SPOOL_STORAGE__INTERVAL".to_string(), "250ms".to_string()),
+            ("SPOOL_RESP__LISTEN".to_string(), "127.0.0.1:7000".to_string()),
+            ("SPOOL_QUEUES__EMAILS__MAX_ATTEMPTS".to_string(), "3".to_string()),
+            ("SPOOL_DATA_DIR".to_string(), "ignored-here".to_string()),
+        ];
+        let c = Config::load(Some(f.path()), env).unwrap();
+        assert_eq!(c.storage.durability, DurabilityMode::Interval);
+        assert_eq!(c.storage.interval, Duration::from_millis(250));
+        assert_eq!(c.resp.listen.port(), 7000);
+        let engine = c.engine_config().unwrap();
+        let emails = &engine.queues[&QueueName::new("emails").unwrap()];
+        assert_eq!((emails.lease_ms, emails.max_attempts), (10_000, 3));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let f = write("[storage]\ndurability = \"sometimes\"\n");
+        let e = Config::load(Some(f.path()), []).unwrap_err().to_string();
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+        assert!(e.contains("storage.durability"), "{e}");
+        assert!(e.contains("sometimes"), "{e}");
+
+        let f = write("[storage]\ndurabilty = \"always\"\n");
+        let e = Config::load(Some(f.path()), []).unwrap_err().to_string();
+        assert!(e.contains("durabilty"), "{e}");
+
+        let f = write("[queues.\"bad name\"]\n");
+        let e = Config::load(Some(f.path()), []).unwrap_err().to_string();
+        assert!(e.contains("queues.bad name"), "{e}");
+
+        let f = write("[queue_defaults]\nlease = \"soon\"\n");
+        let e = Config::load(Some(f.path()), []).unwrap_err().to_string();
+        assert!(e.contains("queue_defaults.lease") && e.contains("soon"), "{e}");
+
+        let f = write("[queue_defaults]\nlease = \"0s\"\n");
+        let e = Config::load(Some(f.path()), []).unwrap_err().to_string();
+        assert!(e.contains("queue_defaults") && e.contains("lease"), "{e}");
+
+        let f = write("[storage\n");
+        let e = Config::load(Some(f.path()), []).unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+
+        let env = [("SPOOL_STORAGE__CACHE_MB".to_string(), "lots".to_string())];
+        let e = Config::load(None, env).unwrap_err().to_string();
+        assert!(e.starts_with("environment") && e.contains("storage.cache_mb"), "{e}");
+    }
+}
