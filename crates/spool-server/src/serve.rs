@@ -117,10 +117,8 @@ async fn start_doors(
 }
 
 /// A future that resolves once `stop` turns true (or its sender is gone).
-fn stop_signal(mut stop: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = stop.wait_for(|stopped| *stopped).await;
-    }
+async fn stop_signal(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// Resolves to the name of the first SIGINT or SIGTERM.
