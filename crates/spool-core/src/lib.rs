@@ -1,5 +1,5 @@
 //! Spool's domain model: the nouns every other crate speaks — [`JobId`], [`QueueName`], [`Priority`], [`Job`] and its
-//! [`JobState`], the [`Lease`] with its fencing token, the [`RetryPolicy`], the injectable [`Clock`], and the stable
+//! [`JobState`], the [`Lease`] with its fencing token, the [`RetryPolicy`], periodic [`Schedule`]s and their [`Trigger`]s, the injectable [`Clock`], and the stable
 //! [`ErrorCode`]s that travel verbatim to clients of every door.
 //!
 //! This crate does no I/O and must never depend on tokio's I/O, sled, tonic or axum: it is the pure vocabulary that the
@@ -11,9 +11,15 @@ mod error;
 mod job;
 mod names;
 mod retry;
+mod schedule;
 
 pub use clock::{Clock, ManualClock, SystemClock, TimestampMs};
 pub use error::{ErrorCode, SpoolError};
 pub use job::{Job, JobId, JobOptions, JobState, Lease};
 pub use names::{Priority, QueueName, MAX_QUEUE_NAME_LEN};
 pub use retry::{Jitter, RetryPolicy};
+pub use schedule::{
+    tick_unique_key, validate_schedule_name, CatchUp, CompiledTrigger, Firing, FiringKind, Overlap, Schedule,
+    ScheduleDef, ScheduleOrigin, ScheduleProgress, ScheduledJob, Trigger, HISTORY_LEN, MAX_SCHEDULE_NAME_LEN,
+    MISFIRE_GRACE_MS,
+};

@@ -8,17 +8,21 @@
 //! a protocol crate.
 
 mod config;
+mod schedules;
 mod state;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use spool_core::{Clock, ErrorCode, Job, JobId, QueueName, SpoolError, TimestampMs};
+use spool_core::{
+    Clock, ErrorCode, Job, JobId, QueueName, Schedule, ScheduleDef, ScheduleOrigin, SpoolError, TimestampMs,
+};
 use spool_store::{Commit, Store, StoreError};
 use tokio::sync::{oneshot, Notify};
 
 pub use config::{EngineConfig, QueueSettings, MAX_LEASE_MS};
+pub use schedules::{FireOutcome, FiringInfo, PutMode, PutOutcome, RunOutcome, ScheduleInfo};
 pub use state::{Enqueued, NewJob};
 
 use state::{Effects, State};
@@ -151,6 +155,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Wakes the timer task when a timer earlier than the one it sleeps for is set.
     timer_changed: Notify,
+    /// Wakes the scheduler when a schedule is created, changed, enabled or deleted.
+    schedules_changed: Notify,
     shutting_down: AtomicBool,
     shutdown: Notify,
 }
@@ -193,6 +199,7 @@ impl Broker {
                 store,
                 clock,
                 timer_changed: Notify::new(),
+                schedules_changed: Notify::new(),
                 shutting_down: AtomicBool::new(false),
                 shutdown: Notify::new(),
             }),
@@ -489,6 +496,95 @@ impl Broker {
     /// Deletes dead jobs; returns how many.
     pub async fn dead_purge(&self, selector: DeadSelector) -> Result<u64, SpoolError> {
         self.write(|state, _, fx| state.dead_purge(&selector, fx)).await
+    }
+
+    // ---- schedules ----
+
+    async fn schedule_write<T>(
+        &self,
+        op: impl FnOnce(&mut State, TimestampMs, &mut Effects) -> Result<T, SpoolError>,
+    ) -> Result<T, SpoolError> {
+        let out = self.write(op).await?;
+        self.inner.schedules_changed.notify_one();
+        Ok(out)
+    }
+
+    /// Creates or replaces a schedule (see [`PutMode`]); answers once it is durable. Checks the trigger, the
+    /// policies, the target queue and the job options against this broker; errors name the field.
+    pub async fn schedule_put(&self, def: ScheduleDef, mode: PutMode) -> Result<PutOutcome, SpoolError> {
+        self.schedule_write(|state, now, fx| state.schedule_put(now, def, mode, fx))
+            .await
+    }
+
+    /// Deletes a schedule. `by` is who asks: the API may not delete a schedule of the config file.
+    pub async fn schedule_delete(&self, name: &str, by: ScheduleOrigin) -> Result<(), SpoolError> {
+        self.schedule_write(|state, _, fx| state.schedule_delete(name, by, fx))
+            .await
+    }
+
+    /// Enables or disables a schedule; returns whether anything changed. Ticks that fall while a schedule is
+    /// disabled are never owed: enabling starts counting from now.
+    pub async fn schedule_set_enabled(&self, name: &str, enabled: bool) -> Result<bool, SpoolError> {
+        self.schedule_write(|state, now, fx| state.schedule_set_enabled(now, name, enabled, fx))
+            .await
+    }
+
+    /// Fires one tick of a schedule: enqueues its job and records the tick as fired, in **one store batch**, and
+    /// answers once both are durable. A tick at or before the stored progress does nothing
+    /// ([`FireOutcome::AlreadyFired`]), so replays after a crash, a clock step or a second scheduler cannot double a
+    /// run. `missed_before` is how many earlier ticks the catch-up policy dropped (recorded in the history).
+    pub async fn schedule_fire(
+        &self,
+        name: &str,
+        tick: TimestampMs,
+        missed_before: u64,
+    ) -> Result<FireOutcome, SpoolError> {
+        self.write(|state, now, fx| state.schedule_fire(now, name, tick, missed_before, fx))
+            .await
+    }
+
+    /// Records `count` missed ticks up to `through` without firing them (the catch-up policy dropped them).
+    pub async fn schedule_miss(&self, name: &str, through: TimestampMs, count: u64) -> Result<bool, SpoolError> {
+        self.write(|state, now, fx| state.schedule_miss(now, name, through, count, fx))
+            .await
+    }
+
+    /// Enqueues a schedule's job now (trigger-now), whether or not it is enabled; its ticks are unaffected.
+    pub async fn schedule_trigger(&self, name: &str) -> Result<JobId, SpoolError> {
+        self.write(|state, now, fx| state.schedule_trigger(now, name, fx)).await
+    }
+
+    /// One schedule with its next tick and history (newest first, with each job's outcome), or `NOTFOUND`.
+    pub fn schedule_get(&self, name: &str) -> Result<ScheduleInfo, SpoolError> {
+        let locked = self.lock();
+        let schedule = locked
+            .state
+            .schedules
+            .get(name)
+            .ok_or_else(|| SpoolError::not_found(format!("no schedule {name}")))?;
+        Ok(locked.state.schedule_info(schedule))
+    }
+
+    /// Every schedule, by name, with next ticks and histories.
+    pub fn schedule_list(&self) -> Vec<ScheduleInfo> {
+        let locked = self.lock();
+        locked
+            .state
+            .schedules
+            .values()
+            .map(|s| locked.state.schedule_info(s))
+            .collect()
+    }
+
+    /// Every stored schedule (definition and progress), for the scheduler.
+    pub fn schedules(&self) -> Vec<Schedule> {
+        self.lock().state.schedules.values().cloned().collect()
+    }
+
+    /// Resolves when a schedule was created, changed, enabled or deleted since the last call (the scheduler's
+    /// cue to recompute its next wake-up).
+    pub async fn schedules_changed(&self) {
+        self.inner.schedules_changed.notified().await
     }
 
     /// Fires every timer that is due now (promotions, expiries, lost leases). The timer task calls this; so do

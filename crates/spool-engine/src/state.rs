@@ -13,7 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rand::Rng;
-use spool_core::{ErrorCode, Job, JobId, JobOptions, JobState, Lease, Priority, QueueName, SpoolError, TimestampMs};
+use spool_core::{
+    ErrorCode, Job, JobId, JobOptions, JobState, Lease, Priority, QueueName, Schedule, SpoolError, TimestampMs,
+};
 use spool_store::{Mutation, QueueRecord, Snapshot};
 
 use crate::config::{check_lease_ms, check_max_attempts, EngineConfig, QueueSettings};
@@ -151,6 +153,8 @@ pub(crate) struct State {
     /// `front_seq` for jobs that jump it, so either end is O(log n) and the order survives restarts.
     next_seq: u64,
     front_seq: u64,
+    /// Schedules by name (their operations live in `schedules.rs`).
+    pub(crate) schedules: BTreeMap<String, Schedule>,
 }
 
 /// What a transition did, beyond its return value: writes to submit and queues that gained ready jobs.
@@ -190,7 +194,11 @@ impl State {
             unique: HashMap::new(),
             next_seq: SEQ_ORIGIN,
             front_seq: SEQ_ORIGIN,
+            schedules: BTreeMap::new(),
         };
+        for schedule in snapshot.schedules {
+            state.schedules.insert(schedule.def.name.clone(), schedule);
+        }
         for record in snapshot.queues {
             state.queue_mut_or_create(&record.name).paused = record.paused;
         }
@@ -405,7 +413,7 @@ impl State {
         held.then_some(holder.id)
     }
 
-    fn prepare(&self, now: TimestampMs, new: NewJob) -> Result<Job, SpoolError> {
+    pub(crate) fn prepare(&self, now: TimestampMs, new: NewJob) -> Result<Job, SpoolError> {
         let queue = self.lookup_queue(&new.queue)?;
         if new.payload.len() > self.config.max_payload_bytes {
             return Err(SpoolError::new(

@@ -1,7 +1,8 @@
 //! The on-disk format: key prefixes and versioned value encoding.
 //!
-//! Keys: `j` + 16-byte job id (UUIDv7, so job keys sort by creation time), `q` + queue name, `m` + meta name. All live
-//! in sled's default tree so a batch touching jobs and queues is one atomic `apply_batch`.
+//! Keys: `j` + 16-byte job id (UUIDv7, so job keys sort by creation time), `q` + queue name, `s` + schedule name, `m` +
+//! meta name. All live in sled's default tree so a batch touching jobs, queues and schedules is one atomic
+//! `apply_batch` (a schedule's firing writes its job and its progress together).
 //! Values: one version byte, then postcard. The version byte lets a later build read today's records.
 
 use serde::de::DeserializeOwned;
@@ -10,6 +11,7 @@ use spool_core::JobId;
 
 pub(crate) const JOB_PREFIX: u8 = b'j';
 pub(crate) const QUEUE_PREFIX: u8 = b'q';
+pub(crate) const SCHEDULE_PREFIX: u8 = b's';
 pub(crate) const SCHEMA_KEY: &[u8] = b"mschema";
 /// The layout this build writes. Bump it, and teach `decode` the old one, when a stored type changes shape.
 pub(crate) const SCHEMA_VERSION: u32 = 1;
@@ -25,6 +27,13 @@ pub(crate) fn job_key(id: &JobId) -> [u8; 17] {
 pub(crate) fn queue_key(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());
     key.push(QUEUE_PREFIX);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+pub(crate) fn schedule_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(SCHEDULE_PREFIX);
     key.extend_from_slice(name.as_bytes());
     key
 }

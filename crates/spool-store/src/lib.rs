@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use spool_core::{Job, JobId, QueueName};
+use spool_core::{Job, JobId, QueueName, Schedule};
 use tokio::sync::oneshot;
 
 pub use error::StoreError;
@@ -55,6 +55,11 @@ pub enum Mutation {
     DeleteJob(JobId),
     /// Insert or replace a queue's record.
     PutQueue(QueueRecord),
+    /// Insert or replace a schedule (definition and progress together, so a firing's progress commits in the same
+    /// batch as its job).
+    PutSchedule(Box<Schedule>),
+    /// Remove a schedule, by name.
+    DeleteSchedule(String),
 }
 
 /// Everything the store holds, as read at start-up.
@@ -64,9 +69,11 @@ pub struct Snapshot {
     pub jobs: Vec<Job>,
     /// Every stored queue record.
     pub queues: Vec<QueueRecord>,
+    /// Every stored schedule, in name order.
+    pub schedules: Vec<Schedule>,
 }
 
-/// A durable record of jobs and queues.
+/// A durable record of jobs, queues and schedules.
 pub trait Store: Send + Sync + Debug + 'static {
     /// Reads everything stored. Called once, before the first `submit`.
     fn load(&self) -> Result<Snapshot, StoreError>;

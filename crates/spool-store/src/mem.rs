@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use spool_core::{Job, JobId};
+use spool_core::{Job, JobId, Schedule};
 
 use crate::{Commit, Mutation, QueueRecord, Snapshot, Store, StoreError};
 
@@ -12,6 +12,7 @@ use crate::{Commit, Mutation, QueueRecord, Snapshot, Store, StoreError};
 struct Inner {
     jobs: BTreeMap<JobId, Job>,
     queues: BTreeMap<String, QueueRecord>,
+    schedules: BTreeMap<String, Schedule>,
 }
 
 /// An in-memory store; clones share the same contents.
@@ -31,6 +32,7 @@ impl Store for MemStore {
         Ok(Snapshot {
             jobs: inner.jobs.values().cloned().collect(),
             queues: inner.queues.values().cloned().collect(),
+            schedules: inner.schedules.values().cloned().collect(),
         })
     }
 
@@ -46,6 +48,12 @@ impl Store for MemStore {
                 }
                 Mutation::PutQueue(record) => {
                     inner.queues.insert(record.name.to_string(), record);
+                }
+                Mutation::PutSchedule(schedule) => {
+                    inner.schedules.insert(schedule.def.name.clone(), *schedule);
+                }
+                Mutation::DeleteSchedule(name) => {
+                    inner.schedules.remove(&name);
                 }
             }
         }

@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime};
 use spool_core::Job;
 use tokio::sync::oneshot;
 
-use crate::codec::{self, JOB_PREFIX, QUEUE_PREFIX, SCHEMA_KEY, SCHEMA_VERSION};
+use crate::codec::{self, JOB_PREFIX, QUEUE_PREFIX, SCHEDULE_PREFIX, SCHEMA_KEY, SCHEMA_VERSION};
 use crate::{Commit, Durability, Mutation, QueueRecord, Snapshot, Store, StoreError};
 
 /// How to open a [`SledStore`].
@@ -214,6 +214,12 @@ impl Store for SledStore {
             let record: QueueRecord = codec::decode(&value).map_err(|r| self.corrupt(&key, r))?;
             snapshot.queues.push(record);
         }
+        for entry in self.db.scan_prefix([SCHEDULE_PREFIX]) {
+            let (key, value) = entry.map_err(read_err)?;
+            snapshot
+                .schedules
+                .push(codec::decode(&value).map_err(|r| self.corrupt(&key, r))?);
+        }
         Ok(snapshot)
     }
 
@@ -353,6 +359,10 @@ fn apply(batch: &mut sled::Batch, op: Mutation) {
         Mutation::PutJob(job) => batch.insert(&codec::job_key(&job.id), codec::encode(&*job)),
         Mutation::DeleteJob(id) => batch.remove(&codec::job_key(&id)),
         Mutation::PutQueue(record) => batch.insert(codec::queue_key(record.name.as_str()), codec::encode(&record)),
+        Mutation::PutSchedule(schedule) => {
+            batch.insert(codec::schedule_key(&schedule.def.name), codec::encode(&*schedule))
+        }
+        Mutation::DeleteSchedule(name) => batch.remove(codec::schedule_key(&name)),
     }
 }
 
