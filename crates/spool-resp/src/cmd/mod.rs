@@ -6,6 +6,7 @@ pub(crate) mod conn;
 pub(crate) mod job;
 pub(crate) mod list;
 pub(crate) mod queue;
+pub(crate) mod schedule;
 
 use bytes::Bytes;
 
@@ -21,6 +22,7 @@ enum Family {
     Job,
     Queue,
     List,
+    Schedule,
 }
 
 /// One row of the command table; `COMMAND` reports it in Redis's shape.
@@ -100,6 +102,15 @@ pub(crate) const TABLE: &[Spec] = &[
     spec("LLEN", 2, &["readonly", "fast"], FIRST, Family::List),
     spec("LRANGE", 4, &["readonly"], FIRST, Family::List),
     spec("DEL", -2, &["write"], (1, -1), Family::List),
+    spec("SCHED.CREATE", -5, &["write"], NO_KEYS, Family::Schedule),
+    spec("SCHED.UPDATE", -5, &["write"], NO_KEYS, Family::Schedule),
+    spec("SCHED.DEL", 2, &["write"], NO_KEYS, Family::Schedule),
+    spec("SCHED.GET", 2, &["readonly"], NO_KEYS, Family::Schedule),
+    spec("SCHED.LIST", 1, &["readonly"], NO_KEYS, Family::Schedule),
+    spec("SCHED.HISTORY", 2, &["readonly"], NO_KEYS, Family::Schedule),
+    spec("SCHED.ENABLE", 2, &["write", "fast"], NO_KEYS, Family::Schedule),
+    spec("SCHED.DISABLE", 2, &["write", "fast"], NO_KEYS, Family::Schedule),
+    spec("SCHED.TRIGGER", 2, &["write"], NO_KEYS, Family::Schedule),
 ];
 
 /// The table row of `name` (case-insensitive).
@@ -114,6 +125,7 @@ pub(crate) enum Command {
     Job(job::JobCmd),
     Queue(queue::QueueCmd),
     List(list::ListCmd),
+    Schedule(schedule::ScheduleCmd),
     /// `QUIT`: answer OK and close.
     Quit,
     /// `MULTI`: start queueing.
@@ -160,6 +172,7 @@ impl Command {
             Family::Job => Command::Job(job::JobCmd::parse(&mut parse)?),
             Family::Queue => Command::Queue(queue::QueueCmd::parse(&mut parse)?),
             Family::List => Command::List(list::ListCmd::parse(&mut parse)?),
+            Family::Schedule => Command::Schedule(schedule::ScheduleCmd::parse(&mut parse)?),
             Family::Txn => {
                 let command = match spec.name {
                     "QUIT" => Command::Quit,
@@ -193,6 +206,7 @@ impl Command {
             Command::Job(cmd) => cmd.apply(ctx).await,
             Command::Queue(cmd) => cmd.apply(ctx).await,
             Command::List(cmd) => cmd.apply(ctx).await,
+            Command::Schedule(cmd) => cmd.apply(ctx).await,
             Command::Quit | Command::Multi | Command::Exec | Command::Discard => {
                 unreachable!("the connection handler applies {self:?} itself")
             }
