@@ -16,6 +16,12 @@
 //! `spool-torture dump DIR` recovers the store the way the daemon does (a [`Broker`] over the [`SledStore`]) and
 //! prints `JOB <id> <state>` for every stored job, with the state the recovered broker gives it, then `END <n>`. The
 //! crash test (`tests/crash.rs`) compares the two.
+//!
+//! `spool-torture schedule DIR` runs the scheduler over the store with one schedule, `tick`, firing every second into
+//! queue `sched` with `catch_up = all`, until it is killed; it prints `READY` once the ticks missed while it was down
+//! have fired. `spool-torture schedule-dump DIR` prints `TICK <ms>` for every stored job a tick enqueued, then
+//! `SINCE <ms>` (ticks after this one are owed) and `LAST <ms>` (the last tick recorded as fired). The schedule crash
+//! test (`tests/schedule_crash.rs`) checks that every tick in between produced exactly one job.
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -25,8 +31,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use spool_core::{JobId, JobOptions, SystemClock};
+use spool_core::{
+    CatchUp, JobId, JobOptions, Overlap, QueueName, ScheduleDef, ScheduleOrigin, ScheduledJob, SystemClock, Trigger,
+};
 use spool_engine::{Broker, EngineConfig, NackAction, NewJob, ReserveRequest};
+use spool_scheduler::Scheduler;
 use spool_store::{SledConfig, SledStore, Store};
 
 /// The queues the workload uses: most jobs go to the first, some to the second, so recovery rebuilds more than one.
@@ -41,7 +50,9 @@ fn main() -> Result<()> {
     match args.as_slice() {
         [mode, dir] if mode == "produce" => produce(dir.into()),
         [mode, dir] if mode == "dump" => dump(dir.into()),
-        _ => bail!("usage: spool-torture produce DIR | spool-torture dump DIR"),
+        [mode, dir] if mode == "schedule" => schedule(dir.into()),
+        [mode, dir] if mode == "schedule-dump" => schedule_dump(dir.into()),
+        _ => bail!("usage: spool-torture (produce | dump | schedule | schedule-dump) DIR"),
     }
 }
 
@@ -173,6 +184,64 @@ fn dump(dir: PathBuf) -> Result<()> {
         writeln!(out, "JOB {} {}", job.id, state.as_str())?;
     }
     writeln!(out, "END {}", snapshot.jobs.len())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The schedule the `schedule` mode runs: every second, every missed tick owed.
+fn tick_schedule() -> Result<ScheduleDef> {
+    Ok(ScheduleDef {
+        name: "tick".into(),
+        job: ScheduledJob {
+            queue: QueueName::new("sched")?,
+            payload: b"tick".to_vec(),
+            priority: None,
+            max_attempts: None,
+            lease_ms: None,
+            ttl_ms: None,
+            headers: Default::default(),
+        },
+        trigger: Trigger::Every { every_ms: 1_000 },
+        catch_up: CatchUp::All { limit: 100_000 },
+        overlap: Overlap::Allow,
+        jitter_ms: 0,
+        start_at: None,
+        end_at: None,
+        enabled: true,
+        origin: ScheduleOrigin::Config,
+    })
+}
+
+fn schedule(dir: PathBuf) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let broker = open_broker(open_store(dir)?)?;
+        let scheduler = Scheduler::new(broker.clone(), Arc::new(SystemClock));
+        // Applied the way the daemon applies its config file: unchanged after the first run, so progress is kept.
+        scheduler.apply_config(vec![tick_schedule()?]).await?;
+        scheduler.run_due().await?;
+        println!("READY");
+        scheduler.run(std::future::pending()).await;
+        Ok(())
+    })
+}
+
+fn schedule_dump(dir: PathBuf) -> Result<()> {
+    let snapshot = open_store(dir)?.load()?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    for job in &snapshot.jobs {
+        if let Some(tick) = job.headers.get("schedule_tick") {
+            writeln!(out, "TICK {tick}")?;
+        }
+    }
+    let progress = &snapshot
+        .schedules
+        .iter()
+        .find(|s| s.def.name == "tick")
+        .context("the tick schedule is stored")?
+        .progress;
+    writeln!(out, "SINCE {}", progress.since)?;
+    writeln!(out, "LAST {}", progress.last_tick.unwrap_or(0))?;
     out.flush()?;
     Ok(())
 }
