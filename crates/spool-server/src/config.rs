@@ -44,6 +44,10 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueOverrides>,
     /// `[resp]`: the Redis-protocol listener.
     pub resp: RespSection,
+    /// `[grpc]`: the gRPC listener.
+    pub grpc: GrpcSection,
+    /// `[auth]`: the shared token of every door that authenticates.
+    pub auth: AuthSection,
 }
 
 /// `[server]`.
@@ -254,7 +258,7 @@ pub struct RespSection {
     pub enabled: bool,
     /// Address to listen on. Default `127.0.0.1:6379`, so `redis://localhost:6379` URLs work unchanged.
     pub listen: SocketAddr,
-    /// Password for `AUTH`; empty (default) means no authentication.
+    /// Password for `AUTH`; empty (default) falls back to `auth.token`, and with both empty there is no authentication.
     pub password: String,
     /// Most simultaneous connections. Default 10000.
     pub max_connections: usize,
@@ -284,6 +288,46 @@ impl Default for RespSection {
             max_inline_bytes: 64 * 1024,
             max_depth: 8,
         }
+    }
+}
+
+/// `[grpc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcSection {
+    /// Whether to listen at all. Default true.
+    pub enabled: bool,
+    /// Address to listen on. Default `127.0.0.1:50051`, the gRPC convention.
+    pub listen: SocketAddr,
+    /// Largest request message in bytes. Default 4194304 (4 MiB, tonic's default): above the payload limit, so an
+    /// oversized payload gets `TOOBIG` from the engine rather than a transport error.
+    pub max_message_bytes: usize,
+}
+
+impl Default for GrpcSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// Shared bearer token: gRPC calls must send `authorization: Bearer <token>`, and RESP clients `AUTH <token>`
+    /// unless `resp.password` is set. Empty (default) means no authentication. Env: `SPOOL_AUTH__TOKEN`.
+    pub token: String,
+}
+
+impl fmt::Debug for AuthSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Configs are logged and printed in errors; the secret must not be.
+        let shown = if self.token.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("AuthSection").field("token", &shown).finish()
     }
 }
 
@@ -361,6 +405,9 @@ impl Config {
         }
         if self.storage.cache_mb == 0 {
             return Err("storage.cache_mb: must be at least 1".into());
+        }
+        if self.grpc.max_message_bytes < 1024 {
+            return Err("grpc.max_message_bytes: must be at least 1024".into());
         }
         if self.limits.max_payload_bytes == 0 || self.limits.max_batch == 0 {
             return Err("limits: max_payload_bytes and max_batch must be at least 1".into());
@@ -500,12 +547,17 @@ mod tests {
             ("SPOOL_STORAGE__INTERVAL".to_string(), "250ms".to_string()),
             ("SPOOL_RESP__LISTEN".to_string(), "127.0.0.1:7000".to_string()),
             ("SPOOL_QUEUES__EMAILS__MAX_ATTEMPTS".to_string(), "3".to_string()),
+            ("SPOOL_GRPC__LISTEN".to_string(), "127.0.0.1:7001".to_string()),
+            ("SPOOL_AUTH__TOKEN".to_string(), "s3cret".to_string()),
             ("SPOOL_DATA_DIR".to_string(), "ignored-here".to_string()),
         ];
         let c = Config::load(Some(f.path()), env).unwrap();
         assert_eq!(c.storage.durability, DurabilityMode::Interval);
         assert_eq!(c.storage.interval, Duration::from_millis(250));
         assert_eq!(c.resp.listen.port(), 7000);
+        assert_eq!(c.grpc.listen.port(), 7001);
+        assert_eq!(c.auth.token, "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"), "the token is never printed");
         let engine = c.engine_config().unwrap();
         let emails = &engine.queues[&QueueName::new("emails").unwrap()];
         assert_eq!((emails.lease_ms, emails.max_attempts), (10_000, 3));

@@ -1,7 +1,9 @@
-//! The `spool` binary: the daemon (`spool serve`) and the operator's tools (`spool check-config`). It owns
+//! The `spool` binary: the daemon (`spool serve`) and the operator's tools (`spool check-config`, `spool healthcheck`
+//! and the gRPC client subcommands in [`cli`]: enqueue, queues, job, dead, pause, resume). It owns
 //! configuration (file, `SPOOL_*` environment, flags), logging, wiring the engine to its doors, signal handling and
 //! the ordered shutdown. It holds no business logic: that is the engine's.
 
+mod cli;
 mod config;
 mod serve;
 
@@ -36,11 +38,14 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Client(command) => cli::run(command),
         Command::CheckConfig { file } => match Config::load(Some(&file), std::env::vars()) {
             Ok(_) => {
                 println!("{}: ok", file.display());

@@ -1,6 +1,7 @@
 //! `spool serve`: open the store, build the broker, start the doors, and shut down in order on SIGINT or SIGTERM.
 //!
-//! Shutdown order, and why: (1) tell every door to stop accepting and to finish the command it is running (blocked
+//! Shutdown order, and why: (1) tell every door (the gRPC door first reports NOT_SERVING to health checks, so load
+//! balancers and probes stop sending before anything is refused) to stop accepting and to finish the command it is running (blocked
 //! clients are told `SHUTDOWN`), and wait for them, so every reply that goes out is for a completed write; (2) shut
 //! the broker down: refuse any write still arriving, stop the timer task, flush and fsync the store; (3) drop the
 //! store, whose writer thread syncs once more before the process exits.
@@ -11,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use spool_core::SystemClock;
 use spool_engine::Broker;
+use spool_grpc::GrpcConfig;
 use spool_resp::RespConfig;
 use spool_store::{SledStore, Store};
 use tokio::net::TcpListener;
@@ -100,7 +102,11 @@ async fn start_doors(
         let resp_config = RespConfig {
             max_connections: r.max_connections,
             idle_timeout: (!r.idle_timeout.is_zero()).then_some(r.idle_timeout),
-            password: (!r.password.is_empty()).then(|| r.password.clone()),
+            // One token for every door: RESP takes it as its AUTH password unless it has a password of its own.
+            password: [&r.password, &cfg.auth.token]
+                .into_iter()
+                .find(|p| !p.is_empty())
+                .cloned(),
             max_bulk_bytes: r.max_bulk_bytes,
             max_array_len: r.max_array_len,
             max_inline_bytes: r.max_inline_bytes,
@@ -111,6 +117,23 @@ async fn start_doors(
             spool_resp::serve(listener, broker, resp_config, stop)
                 .await
                 .context("RESP listener")
+        });
+    }
+    if cfg.grpc.enabled {
+        let listener = TcpListener::bind(cfg.grpc.listen)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {} (grpc.listen)", cfg.grpc.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, auth = !cfg.auth.token.is_empty(), "gRPC listener ready");
+        let grpc_config = GrpcConfig {
+            token: (!cfg.auth.token.is_empty()).then(|| cfg.auth.token.clone()),
+            max_message_bytes: cfg.grpc.max_message_bytes,
+            max_batch: cfg.limits.max_batch,
+        };
+        let (broker, stop) = (broker.clone(), stop_signal(stop.clone()));
+        tasks.spawn(async move {
+            spool_grpc::serve(listener, broker, grpc_config, stop)
+                .await
+                .context("gRPC listener")
         });
     }
     Ok(())

@@ -32,6 +32,7 @@ impl Daemon {
             .args(["serve", "--data-dir"])
             .arg(dir)
             .env("SPOOL_RESP__LISTEN", "127.0.0.1:0")
+            .env("SPOOL_GRPC__LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -271,7 +272,9 @@ async fn kill_9_loses_no_acknowledged_job() {
 
 fn run_spool(args: &[&str], data_dir: Option<&Path>) -> (bool, String) {
     let mut cmd = Command::new(SPOOL);
-    cmd.args(args).env("SPOOL_RESP__LISTEN", "127.0.0.1:0");
+    cmd.args(args)
+        .env("SPOOL_RESP__LISTEN", "127.0.0.1:0")
+        .env("SPOOL_GRPC__LISTEN", "127.0.0.1:0");
     if let Some(dir) = data_dir {
         cmd.arg("--data-dir").arg(dir);
     }

@@ -1,0 +1,45 @@
+//! Engine errors as gRPC statuses: a fitting status code, the engine's message, and the stable Spool code in the
+//! `spool-error-code` metadata so clients branch on `LEASELOST` rather than on prose.
+
+use spool_core::{ErrorCode, SpoolError};
+use spool_proto::ERROR_CODE_METADATA;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+/// The gRPC status code for a Spool error code.
+pub fn grpc_code(code: ErrorCode) -> Code {
+    match code {
+        ErrorCode::NotFound | ErrorCode::UnknownQueue => Code::NotFound,
+        ErrorCode::Invalid => Code::InvalidArgument,
+        // The caller's view of the job is stale (lease gone, or the job moved on): retrying the same call won't help.
+        ErrorCode::LeaseLost | ErrorCode::WrongState => Code::FailedPrecondition,
+        ErrorCode::TooBig => Code::ResourceExhausted,
+        ErrorCode::ShuttingDown => Code::Unavailable,
+        ErrorCode::Storage => Code::Internal,
+    }
+}
+
+/// The status for an engine error.
+pub fn status(e: SpoolError) -> Status {
+    let mut status = Status::new(grpc_code(e.code), e.message);
+    status
+        .metadata_mut()
+        .insert(ERROR_CODE_METADATA, MetadataValue::from_static(e.code.as_str()));
+    status
+}
+
+/// INVALID_ARGUMENT with the `INVALID` code, for requests the door itself rejects.
+pub fn invalid(message: impl Into<String>) -> Status {
+    status(SpoolError::invalid(message))
+}
+
+/// UNAVAILABLE with the `SHUTDOWN` code, for calls cut short by shutdown.
+pub fn shutting_down() -> Status {
+    status(SpoolError::new(ErrorCode::ShuttingDown, "the server is shutting down"))
+}
+
+/// Resolves once shutdown has begun (or the server is gone). Returns nothing, so no watch guard is held across an
+/// await of the caller.
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}

@@ -1,0 +1,275 @@
+//! The operator's client subcommands (`spool enqueue`, `spool queues`, `spool job`, `spool dead …`, `spool pause`,
+//! `spool resume`, `spool healthcheck`), built on `spool-client` over gRPC. Each prints a human-readable table by
+//! default and JSON with `--json`, for scripts. They hold no business logic: one client call each.
+
+mod output;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use spool_client::{proto, Client, DeadTarget, DEFAULT_SERVER};
+
+/// Where the broker is and how to talk to it.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The broker's gRPC address.
+    #[arg(long, env = "SPOOL_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    /// The shared token (`[auth] token` of the broker).
+    #[arg(long, env = "SPOOL_TOKEN", hide_env_values = true, default_value = "")]
+    token: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Client subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Enqueue a job.
+    Enqueue {
+        /// The queue.
+        queue: String,
+        /// The payload; `-` reads it from standard input.
+        payload: String,
+        /// Priority, 0 (default) to 9 (reserved first).
+        #[arg(long)]
+        priority: Option<u32>,
+        /// Run no earlier than this from now, e.g. `30s`, `5m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Option<Duration>,
+        /// Drop the job if not reserved within this long.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Reservations before the job is dead-lettered.
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Lease length per reservation, e.g. `2m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        lease: Option<Duration>,
+        /// Dedup key: while a live job holds it, the holder's id is returned instead.
+        #[arg(long)]
+        unique_key: Option<String>,
+        /// A header `KEY=VALUE` (repeatable).
+        #[arg(long = "header", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Show every queue with its counts.
+    Queues {
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Show one job, with its payload.
+    Job {
+        /// The job id.
+        id: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Pause a queue: reservations stop, enqueues still land.
+    Pause {
+        /// The queue.
+        queue: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// The queue.
+        queue: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// The dead-letter queue: list, replay or purge.
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+    /// Check a broker's health over gRPC (grpc.health.v1); exits 0 when SERVING. For container health checks.
+    Healthcheck {
+        /// The service to ask about; empty (default) asks about the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+/// `spool dead …`.
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead jobs, oldest death first.
+    List {
+        /// Only this queue's.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Start after this job id (the last id of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Put dead jobs back in their queues with fresh attempts.
+    Replay {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Delete dead jobs.
+    Purge {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+/// Which dead jobs: one id, a queue's, or all.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// One dead job, by id.
+    id: Option<String>,
+    /// Every dead job of this queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Every dead job.
+    #[arg(long)]
+    all: bool,
+}
+
+impl From<Target> for DeadTarget {
+    fn from(t: Target) -> Self {
+        match (t.id, t.queue) {
+            (Some(id), _) => DeadTarget::Job(id),
+            (None, Some(queue)) => DeadTarget::Queue(queue),
+            (None, None) => DeadTarget::All,
+        }
+    }
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// Runs a client subcommand; errors go to stderr with a non-zero exit.
+pub fn run(command: ClientCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(conn: &Connection) -> anyhow::Result<Client> {
+    Ok(Client::connect(conn.server.clone()).await?.with_token(&conn.token)?)
+}
+
+async fn execute(command: ClientCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ClientCommand::Enqueue {
+            queue,
+            payload,
+            priority,
+            delay,
+            ttl,
+            max_attempts,
+            lease,
+            unique_key,
+            headers,
+            conn,
+        } => {
+            let payload = if payload == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .context("reading the payload from stdin")?;
+                buf
+            } else {
+                payload.into_bytes()
+            };
+            let mut job = spool_client::new_job(queue, payload);
+            job.options = Some(proto::JobOptions {
+                priority,
+                delay_ms: delay.map(ms),
+                ttl_ms: ttl.map(ms),
+                max_attempts,
+                lease_ms: lease.map(ms),
+                unique_key,
+                headers: headers.into_iter().collect::<HashMap<_, _>>(),
+                ..Default::default()
+            });
+            let out = connect(&conn).await?.enqueue(job).await?;
+            output::enqueued(&out, conn.json);
+        }
+        ClientCommand::Queues { conn } => {
+            let queues = connect(&conn).await?.list_queues().await?;
+            output::queues(&queues, conn.json);
+        }
+        ClientCommand::Job { id, conn } => {
+            let job = connect(&conn).await?.get_job(&id).await?;
+            output::job(&job, conn.json);
+        }
+        ClientCommand::Pause { queue, conn } => {
+            let changed = connect(&conn).await?.pause(&queue).await?;
+            output::changed("paused", &queue, changed, conn.json);
+        }
+        ClientCommand::Resume { queue, conn } => {
+            let changed = connect(&conn).await?.resume(&queue).await?;
+            output::changed("resumed", &queue, changed, conn.json);
+        }
+        ClientCommand::Dead { command } => match command {
+            DeadCommand::List {
+                queue,
+                after,
+                limit,
+                conn,
+            } => {
+                let jobs = connect(&conn)
+                    .await?
+                    .list_dead(queue.as_deref(), after.as_deref(), limit)
+                    .await?;
+                output::dead(&jobs, conn.json);
+            }
+            DeadCommand::Replay { target, conn } => {
+                let n = connect(&conn).await?.replay_dead(target.into()).await?;
+                output::count("replayed", n, conn.json);
+            }
+            DeadCommand::Purge { target, conn } => {
+                let n = connect(&conn).await?.purge_dead(target.into()).await?;
+                output::count("purged", n, conn.json);
+            }
+        },
+        ClientCommand::Healthcheck { service, conn } => {
+            let serving = connect(&conn).await?.is_serving(&service).await?;
+            output::health(serving, conn.json);
+            return Ok(if serving { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
