@@ -224,12 +224,17 @@ impl Broker {
     /// all before the lock is released, so the store sees writes in state order. Returns the op's result and the
     /// commit to await (if any write was made).
     fn apply<T>(&self, op: impl FnOnce(&mut State, TimestampMs, &mut Effects) -> T) -> (T, Option<Commit>) {
+        self.apply_locked(|locked, now, fx| op(&mut locked.state, now, fx))
+    }
+
+    /// [`Broker::apply`] with access to the waiter list too (for a reserver that must register before unlocking).
+    fn apply_locked<T>(&self, op: impl FnOnce(&mut Locked, TimestampMs, &mut Effects) -> T) -> (T, Option<Commit>) {
         let now = self.now();
         let mut locked = self.lock();
         let before = locked.state.next_due();
         let mut fx = Effects::default();
         locked.state.run_due(now, &mut fx);
-        let out = op(&mut locked.state, now, &mut fx);
+        let out = op(&mut locked, now, &mut fx);
         let commit = (!fx.writes.is_empty()).then(|| self.inner.store.submit(std::mem::take(&mut fx.writes)));
         for queue in fx.readied {
             wake_one(&mut locked.waiters, &queue);
@@ -281,25 +286,25 @@ impl Broker {
         Ok(out)
     }
 
-    /// Leases up to `count` jobs from the queues, waiting up to `timeout` for the first one. Returns an empty list
-    /// on timeout or shutdown.
+    /// Leases (or pops) up to `count` jobs from the queues, waiting up to `timeout` for the first one. Returns an
+    /// empty list on timeout or shutdown.
     pub async fn reserve(&self, req: ReserveRequest) -> Result<Vec<Job>, SpoolError> {
-        let (queues, count) = {
+        let (queues, max_batch) = {
             let locked = self.lock();
             let queues = req
                 .queues
                 .iter()
                 .map(|q| locked.state.lookup_queue(q))
                 .collect::<Result<Vec<_>, _>>()?;
-            (queues, req.count)
+            (queues, locked.state.max_batch())
         };
         if queues.is_empty() {
             return Err(SpoolError::invalid("reserve needs at least one queue"));
         }
-        if count == 0 || count > self.max_batch() {
+        if req.count == 0 || req.count > max_batch {
             return Err(SpoolError::invalid(format!(
-                "count must be between 1 and {}, got {count}",
-                self.max_batch()
+                "count must be between 1 and {max_batch}, got {}",
+                req.count
             )));
         }
         if let ReserveOrder::Weighted(w) = &req.order {
@@ -311,26 +316,17 @@ impl Broker {
                 )));
             }
         }
+        let lease = req.delivery == Delivery::Lease;
         let deadline = tokio::time::Instant::now() + req.timeout;
         loop {
             if self.inner.shutting_down.load(Ordering::Acquire) {
                 return Ok(Vec::new());
             }
-            let lease = req.delivery == Delivery::Lease;
-            let (jobs, commit, waiting) = {
-                let now = self.now();
-                let mut locked = self.lock();
-                let mut fx = Effects::default();
-                locked.state.run_due(now, &mut fx);
+            let ((jobs, waiting), commit) = self.apply_locked(|locked, now, fx| {
                 let jobs = locked
                     .state
-                    .reserve(now, &queues, &req.order, req.end, lease, count, &mut fx);
-                // Leases are not stored (see `state`): the writes here are a pop's deletes and expiries found on the
-                // way. Only a pop must wait for them, since its jobs exist nowhere else once it answers.
-                let commit = (!fx.writes.is_empty()).then(|| self.inner.store.submit(std::mem::take(&mut fx.writes)));
-                for queue in &fx.readied {
-                    wake_one(&mut locked.waiters, queue);
-                }
+                    .reserve(now, &queues, &req.order, req.end, lease, req.count, fx);
+                // Registering under the same lock that found nothing means no job can become ready unseen.
                 let waiting = (jobs.is_empty() && !req.timeout.is_zero()).then(|| {
                     let (tx, rx) = oneshot::channel();
                     // Reservers that timed out or were cancelled leave closed waiters behind; drop them here so a
@@ -342,10 +338,11 @@ impl Broker {
                     });
                     rx
                 });
-                (jobs, commit, waiting)
-            };
-            self.inner.timer_changed.notify_one();
+                (jobs, waiting)
+            });
             let Some(rx) = waiting else {
+                // Leases are not stored (see `state`): the writes here are a pop's deletes and expiries found on the
+                // way. Only a pop must wait for them, since its jobs exist nowhere else once it answers.
                 if let (Some(commit), false) = (commit, lease) {
                     commit.await.map_err(storage_error)?;
                 }
@@ -357,10 +354,6 @@ impl Broker {
                 _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
             }
         }
-    }
-
-    fn max_batch(&self) -> usize {
-        self.lock().state.max_batch()
     }
 
     /// Completes a leased job; answers once the completion is durable, so an acked job never comes back.
