@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compatibility tests against the real daemon: builds `spool`, starts it on a free port with a temporary data
-# directory, and runs a redis-cli session script and a redis-py (HELLO 3) test against it. The daemon is stopped by
-# PID on exit, whatever happens.
+# directory, and runs a redis-cli session script, a redis-py (HELLO 3) test and a Python grpcio test (code generated
+# from proto/ by grpcio-tools) against it. The daemon is stopped by PID on exit, whatever happens.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -26,7 +26,8 @@ fi
 (cd "$repo" && cargo build -p spool-server)
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-SPOOL_RESP__LISTEN="127.0.0.1:$port" "$repo/target/debug/spool" serve --data-dir "$tmp/data" 2>"$tmp/spool.log" &
+grpc_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+SPOOL_RESP__LISTEN="127.0.0.1:$port" SPOOL_GRPC__LISTEN="127.0.0.1:$grpc_port" "$repo/target/debug/spool" serve --data-dir "$tmp/data" 2>"$tmp/spool.log" &
 daemon_pid=$!
 
 # Wait for the listener: poll with PING, giving up after ~30 s (the daemon may replay a store first).
@@ -58,8 +59,9 @@ run() {
 run redis-cli bash "$here/redis_cli.sh" "$port"
 
 python3 -m venv "$tmp/venv"
-"$tmp/venv/bin/pip" install --quiet redis
+"$tmp/venv/bin/pip" install --quiet redis grpcio grpcio-tools grpcio-health-checking
 run redis-py "$tmp/venv/bin/python" "$here/test_redis_py.py" "$port"
+run grpc-py "$tmp/venv/bin/python" "$here/test_grpc_py.py" "127.0.0.1:$grpc_port"
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
