@@ -37,8 +37,9 @@ pub struct GrpcConfig {
     /// When set, every `spool.v1` call must carry `authorization: Bearer <token>`; others get UNAUTHENTICATED.
     /// Health and reflection stay open, so probes and tools need no secret. Default `None`.
     pub token: Option<String>,
-    /// Largest request message in bytes; larger ones get RESOURCE_EXHAUSTED (OUT_OF_RANGE from some stacks) without
-    /// reaching the engine. Default 4 MiB.
+    /// Largest request message in bytes; tonic refuses larger ones with OUT_OF_RANGE before they reach the engine.
+    /// Keep it above the engine's payload limit, so an oversized payload gets the engine's RESOURCE_EXHAUSTED /
+    /// `TOOBIG` instead. Default 4 MiB.
     pub max_message_bytes: usize,
     /// The engine's `max_batch`: the cap on consume credits and on list page sizes. Default 1,000.
     pub max_batch: usize,

@@ -438,3 +438,23 @@ async fn health_flips_to_not_serving_when_shutdown_begins_and_reflection_lists_s
     drop(c);
     stopping.await.expect("serve task").expect("serve result");
 }
+
+/// A message over the transport limit is refused by tonic before it is decoded (OUT_OF_RANGE); the engine never
+/// sees it.
+#[tokio::test]
+async fn a_message_over_the_transport_limit_is_refused() {
+    let config = GrpcConfig {
+        max_message_bytes: 16 * 1024,
+        ..GrpcConfig::default()
+    };
+    let server = common::start_with(EngineConfig::default(), config).await;
+    let c = server.client().await;
+    let e = c.enqueue(new_job("q", vec![7u8; 64 * 1024])).await.unwrap_err();
+    assert_eq!(e.status(), Some(Code::OutOfRange), "{e}");
+    assert!(e.to_string().contains("too large"), "{e}");
+    assert_eq!(server.broker.totals().0, 0);
+    c.enqueue(new_job("q", vec![7u8; 1024]))
+        .await
+        .expect("a small one still lands");
+    server.stop().await;
+}
