@@ -244,6 +244,15 @@ async fn operator_calls_work() {
     let ops = queues.iter().find(|q| q.name == "ops").expect("ops listed");
     assert_eq!((ops.ready, ops.acked_total, ops.dead_lettered_total), (0, 1, 1));
     assert_eq!(c.replay_dead(DeadTarget::All).await.expect("replay none"), 0);
+
+    // A long poll is answered by the enqueue that follows it, not by its timeout.
+    let waiting = tokio::spawn({
+        let c = c.clone();
+        async move { c.reserve(&["later"], 5, Duration::from_secs(300)).await }
+    });
+    let id = c.enqueue(new_job("later", "x")).await.expect("push").id;
+    let got = waiting.await.expect("task").expect("reserve");
+    assert_eq!(got.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
     server.stop().await;
 }
 
@@ -457,4 +466,30 @@ async fn a_message_over_the_transport_limit_is_refused() {
         .await
         .expect("a small one still lands");
     server.stop().await;
+}
+
+/// A long poll does not hold shutdown up: it ends with UNAVAILABLE / SHUTDOWN as soon as shutdown begins. (Called on
+/// the service directly: over a socket, a call racing the listener's close could fail in the transport instead.)
+#[tokio::test]
+async fn a_long_poll_ends_when_shutdown_begins() {
+    use spool_proto::v1::spool_server::Spool;
+
+    let broker = common::broker_with(
+        std::sync::Arc::new(spool_core::ManualClock::new(common::T0)),
+        EngineConfig::default(),
+    );
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let service = spool_grpc::SpoolService::new(broker, stop_rx, 1_000);
+    let long_poll = tokio::spawn(async move {
+        let request = proto::ReserveRequest {
+            queues: vec!["idle".into()],
+            count: 1,
+            timeout_ms: 300_000,
+            ..Default::default()
+        };
+        service.reserve(tonic::Request::new(request)).await
+    });
+    stop.send(true).expect("the service listens");
+    let status = long_poll.await.expect("task").unwrap_err();
+    assert_spool_error(&ClientError::from(status), Code::Unavailable, ErrorCode::ShuttingDown);
 }
