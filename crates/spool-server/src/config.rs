@@ -48,6 +48,8 @@ pub struct Config {
     pub grpc: GrpcSection,
     /// `[auth]`: the shared token of every door that authenticates.
     pub auth: AuthSection,
+    /// `[[schedules]]`: periodic jobs, applied at every start (see docs/scheduling.md).
+    pub schedules: Vec<spool_scheduler::ScheduleSpec>,
 }
 
 /// `[server]`.
@@ -412,8 +414,14 @@ impl Config {
         if self.limits.max_payload_bytes == 0 || self.limits.max_batch == 0 {
             return Err("limits: max_payload_bytes and max_batch must be at least 1".into());
         }
-        self.engine_config()?;
+        let engine = self.engine_config()?;
+        spool_scheduler::check_queues(&self.schedule_defs()?, &engine)?;
         Ok(())
+    }
+
+    /// The `[[schedules]]` of the file, checked; errors read `schedules.NAME: FIELD: problem`.
+    pub fn schedule_defs(&self) -> Result<Vec<spool_core::ScheduleDef>, String> {
+        spool_scheduler::validate_specs(&self.schedules)
     }
 
     /// The engine's settings.
@@ -590,6 +598,13 @@ mod tests {
         let f = write("[storage\n");
         let e = Config::load(Some(f.path()), []).unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
+
+        let f = write("[[schedules]]\nname = \"nightly\"\nqueue = \"default\"\ncron = \"0 25 * * *\"\n");
+        let e = Config::load(Some(f.path()), []).unwrap_err().to_string();
+        assert!(
+            e.contains(&f.path().display().to_string()) && e.contains("schedules.nightly: cron:"),
+            "{e}"
+        );
 
         let env = [("SPOOL_STORAGE__CACHE_MB".to_string(), "lots".to_string())];
         let e = Config::load(None, env).unwrap_err().to_string();

@@ -49,6 +49,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         async move { broker.run_timers().await }
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Schedules are applied before any door opens, so a bad one (say, an unknown queue) stops start-up.
+    let scheduler = spool_scheduler::Scheduler::new(broker.clone(), Arc::new(SystemClock));
+    let applied = scheduler
+        .apply_config(cfg.schedule_defs().map_err(anyhow::Error::msg)?)
+        .await
+        .context("applying [[schedules]]")?;
+    tracing::info!(
+        created = applied.created.len(),
+        changed = applied.changed.len(),
+        removed = applied.removed.len(),
+        unchanged = applied.unchanged.len(),
+        "schedules applied"
+    );
+    let scheduler_task = tokio::spawn(scheduler.run(stop_signal(stop_rx.clone())));
     let mut doors = JoinSet::new();
     start_doors(&cfg, &broker, &stop_rx, &mut doors).await?;
 
@@ -69,6 +83,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!("doors did not finish within 10 s; closing them");
         doors.abort_all();
     }
+    // The scheduler stops with the doors: a firing in progress finishes its commit before the store is flushed.
+    scheduler_task.await.context("scheduler task")?;
     // The flush blocks on the store's writer thread; keep it off the async workers.
     let flushed = tokio::task::spawn_blocking({
         let broker = broker.clone();

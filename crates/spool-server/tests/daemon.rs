@@ -323,4 +323,23 @@ fn check_config_names_file_and_key() {
 
     let (ok, out) = run_spool(&["serve", "--config", bad.to_str().unwrap()], None);
     assert!(!ok && out.contains("storage.durability"), "{out}");
+
+    let schedule = dir.path().join("schedule.toml");
+    std::fs::write(
+        &schedule,
+        "[[schedules]]\nname = \"nightly\"\nqueue = \"default\"\ncron = \"0 25 * * *\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    for args in [
+        vec!["check-config", schedule.to_str().unwrap()],
+        vec!["serve", "--config", schedule.to_str().unwrap()],
+    ] {
+        let (ok, out) = run_spool(&args, Some(&data).filter(|_| args[0] == "serve").map(|d| d.as_path()));
+        assert!(!ok, "{args:?}: {out}");
+        assert!(
+            out.contains(&schedule.display().to_string()) && out.contains("schedules.nightly: cron:"),
+            "{args:?}: {out}"
+        );
+    }
 }

@@ -69,7 +69,7 @@ async fn disk_use_levels_off_under_churn() {
         for result in broker.ack_many(&acks).await.expect("ack") {
             result.expect("ack one");
         }
-        if (step * STEP) % SAMPLE_EVERY == 0 {
+        if (step * STEP).is_multiple_of(SAMPLE_EVERY) {
             store.flush().expect("flush");
             samples.push((step * STEP, store.disk_bytes()));
         }
