@@ -1,5 +1,6 @@
 //! A typed, async Rust client for Spool's gRPC API (`proto/spool/v1`): producers enqueue, workers reserve or open a
-//! credit-based [`Consumer`] stream and settle jobs, operators inspect queues and the dead-letter queue.
+//! credit-based [`Consumer`] stream and settle jobs, operators inspect queues and the dead-letter queue and manage
+//! schedules (periodic jobs).
 //!
 //! It wraps the generated tonic client and adds what every caller would otherwise write: the bearer token on each
 //! call, durations as [`Duration`], and failures as a [`ClientError`] that carries the stable Spool [`ErrorCode`]
@@ -409,6 +410,62 @@ impl Client {
             selector: Some(target.into()),
         });
         Ok(self.rpc.clone().purge_dead(request).await?.into_inner().purged)
+    }
+
+    /// Creates a schedule (see `proto::ScheduleDef`); answers once it is durable.
+    pub async fn create_schedule(&self, schedule: proto::ScheduleDef) -> Result<()> {
+        let request = self.request(proto::CreateScheduleRequest {
+            schedule: Some(schedule),
+        });
+        self.rpc.clone().create_schedule(request).await?;
+        Ok(())
+    }
+
+    /// Replaces the definition of the schedule named `schedule.name`.
+    pub async fn update_schedule(&self, schedule: proto::ScheduleDef) -> Result<()> {
+        let request = self.request(proto::UpdateScheduleRequest {
+            schedule: Some(schedule),
+        });
+        self.rpc.clone().update_schedule(request).await?;
+        Ok(())
+    }
+
+    /// Deletes a schedule.
+    pub async fn delete_schedule(&self, name: &str) -> Result<()> {
+        let request = self.request(proto::DeleteScheduleRequest { name: name.to_string() });
+        self.rpc.clone().delete_schedule(request).await?;
+        Ok(())
+    }
+
+    /// One schedule with its next tick and history, newest first.
+    pub async fn get_schedule(&self, name: &str) -> Result<proto::Schedule> {
+        let request = self.request(proto::GetScheduleRequest { name: name.to_string() });
+        let schedule = self.rpc.clone().get_schedule(request).await?.into_inner().schedule;
+        schedule.ok_or_else(|| missing("schedule"))
+    }
+
+    /// Every schedule, by name, without histories.
+    pub async fn list_schedules(&self) -> Result<Vec<proto::Schedule>> {
+        let request = self.request(proto::ListSchedulesRequest {});
+        Ok(self.rpc.clone().list_schedules(request).await?.into_inner().schedules)
+    }
+
+    /// Enables a schedule; false if it already was.
+    pub async fn enable_schedule(&self, name: &str) -> Result<bool> {
+        let request = self.request(proto::EnableScheduleRequest { name: name.to_string() });
+        Ok(self.rpc.clone().enable_schedule(request).await?.into_inner().changed)
+    }
+
+    /// Disables a schedule; false if it already was.
+    pub async fn disable_schedule(&self, name: &str) -> Result<bool> {
+        let request = self.request(proto::DisableScheduleRequest { name: name.to_string() });
+        Ok(self.rpc.clone().disable_schedule(request).await?.into_inner().changed)
+    }
+
+    /// Enqueues a schedule's job now, once; returns the job's id.
+    pub async fn trigger_schedule(&self, name: &str) -> Result<String> {
+        let request = self.request(proto::TriggerScheduleRequest { name: name.to_string() });
+        Ok(self.rpc.clone().trigger_schedule(request).await?.into_inner().job_id)
     }
 
     /// Whether the server reports SERVING for `service` (`""`: the whole server) over `grpc.health.v1`.

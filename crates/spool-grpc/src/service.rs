@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
-use spool_core::{JobOptions, QueueName, SpoolError};
-use spool_engine::{Broker, DeadSelector, End, NackAction, NewJob, QueueStats, ReserveOrder, ReserveRequest};
+use spool_core::{JobOptions, QueueName, ScheduleOrigin, SpoolError};
+use spool_engine::{
+    Broker, DeadSelector, End, NackAction, NewJob, PutMode, QueueStats, ReserveOrder, ReserveRequest, RunOutcome,
+    ScheduleInfo,
+};
 use spool_proto::v1::{self, spool_server::Spool};
 use spool_proto::{known_enum, parse_job_id, require_str, require_token};
 use tokio::sync::watch;
@@ -118,6 +121,34 @@ pub(crate) fn queue_stats(s: QueueStats) -> v1::QueueStats {
         expired_total: s.expired_total,
         dead_lettered_total: s.dead_lettered_total,
     }
+}
+
+/// Decodes the definition of a create or update: callers of this door are [`ScheduleOrigin::Api`], which is what
+/// keeps config-file schedules read-only here.
+fn schedule_put(def: Option<v1::ScheduleDef>) -> Result<spool_core::ScheduleDef, Status> {
+    let def = def.ok_or_else(|| invalid("schedule is required"))?;
+    spool_proto::schedule_def("schedule", def, ScheduleOrigin::Api).map_err(status)
+}
+
+/// Encodes a schedule; with `with_history`, its firings with each job's outcome (as RESP's SCHED.GET).
+fn schedule_info(info: &ScheduleInfo, with_history: bool) -> v1::Schedule {
+    let mut out = spool_proto::schedule(&info.schedule, info.next_tick);
+    if with_history {
+        out.history = info
+            .history
+            .iter()
+            .map(|entry| {
+                let mut firing = v1::Firing::from(&entry.firing);
+                match entry.outcome {
+                    Some(RunOutcome::Live(state)) => firing.job_state = v1::JobState::from(state).into(),
+                    Some(RunOutcome::Done) => firing.job_done = true,
+                    None => {}
+                }
+                firing
+            })
+            .collect();
+    }
+    out
 }
 
 fn jobs(jobs: Vec<spool_core::Job>) -> Vec<v1::Job> {
@@ -334,5 +365,74 @@ impl Spool for SpoolService {
         let selector = dead_selector(request.into_inner().selector).map_err(status)?;
         let purged = self.broker.dead_purge(selector).await.map_err(status)?;
         Ok(Response::new(v1::PurgeDeadResponse { purged }))
+    }
+
+    async fn create_schedule(&self, request: Request<v1::CreateScheduleRequest>) -> Reply<v1::CreateScheduleResponse> {
+        let def = schedule_put(request.into_inner().schedule)?;
+        self.broker.schedule_put(def, PutMode::Create).await.map_err(status)?;
+        Ok(Response::new(v1::CreateScheduleResponse {}))
+    }
+
+    async fn update_schedule(&self, request: Request<v1::UpdateScheduleRequest>) -> Reply<v1::UpdateScheduleResponse> {
+        let def = schedule_put(request.into_inner().schedule)?;
+        self.broker.schedule_put(def, PutMode::Update).await.map_err(status)?;
+        Ok(Response::new(v1::UpdateScheduleResponse {}))
+    }
+
+    async fn delete_schedule(&self, request: Request<v1::DeleteScheduleRequest>) -> Reply<v1::DeleteScheduleResponse> {
+        let req = request.into_inner();
+        let name = require_str("name", &req.name).map_err(status)?;
+        self.broker
+            .schedule_delete(name, ScheduleOrigin::Api)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::DeleteScheduleResponse {}))
+    }
+
+    async fn get_schedule(&self, request: Request<v1::GetScheduleRequest>) -> Reply<v1::GetScheduleResponse> {
+        let req = request.into_inner();
+        let name = require_str("name", &req.name).map_err(status)?;
+        let info = self.broker.schedule_get(name).map_err(status)?;
+        Ok(Response::new(v1::GetScheduleResponse {
+            schedule: Some(schedule_info(&info, true)),
+        }))
+    }
+
+    async fn list_schedules(&self, _: Request<v1::ListSchedulesRequest>) -> Reply<v1::ListSchedulesResponse> {
+        Ok(Response::new(v1::ListSchedulesResponse {
+            schedules: self
+                .broker
+                .schedule_list()
+                .iter()
+                .map(|info| schedule_info(info, false))
+                .collect(),
+        }))
+    }
+
+    async fn enable_schedule(&self, request: Request<v1::EnableScheduleRequest>) -> Reply<v1::EnableScheduleResponse> {
+        let req = request.into_inner();
+        let name = require_str("name", &req.name).map_err(status)?;
+        let changed = self.broker.schedule_set_enabled(name, true).await.map_err(status)?;
+        Ok(Response::new(v1::EnableScheduleResponse { changed }))
+    }
+
+    async fn disable_schedule(
+        &self,
+        request: Request<v1::DisableScheduleRequest>,
+    ) -> Reply<v1::DisableScheduleResponse> {
+        let req = request.into_inner();
+        let name = require_str("name", &req.name).map_err(status)?;
+        let changed = self.broker.schedule_set_enabled(name, false).await.map_err(status)?;
+        Ok(Response::new(v1::DisableScheduleResponse { changed }))
+    }
+
+    async fn trigger_schedule(
+        &self,
+        request: Request<v1::TriggerScheduleRequest>,
+    ) -> Reply<v1::TriggerScheduleResponse> {
+        let req = request.into_inner();
+        let name = require_str("name", &req.name).map_err(status)?;
+        let id = self.broker.schedule_trigger(name).await.map_err(status)?;
+        Ok(Response::new(v1::TriggerScheduleResponse { job_id: id.to_string() }))
     }
 }

@@ -7,6 +7,10 @@
 //! unknown enum value or an out-of-range number becomes an `INVALID` [`SpoolError`] naming the field, never a panic
 //! and never a silent default.
 
+mod schedule;
+
+pub use schedule::{schedule, schedule_def, DEFAULT_CATCH_UP_LIMIT};
+
 use spool_core::{ErrorCode, Jitter, Job, JobId, JobOptions, JobState, Priority, RetryPolicy, SpoolError};
 
 /// Generated code of the `spool.v1` package.

@@ -1,5 +1,5 @@
 //! The `spool` binary: the daemon (`spool serve`) and the operator's tools (`spool check-config`, `spool healthcheck`
-//! and the gRPC client subcommands in [`cli`]: enqueue, queues, job, dead, pause, resume). It owns
+//! and the gRPC client subcommands in [`cli`]: enqueue, queues, job, dead, pause, resume, schedules, schedule). It owns
 //! configuration (file, `SPOOL_*` environment, flags), logging, wiring the engine to its doors, signal handling and
 //! the ordered shutdown. It holds no business logic: that is the engine's.
 

@@ -1,5 +1,5 @@
 //! The operator's client subcommands against a real daemon over gRPC, with a token: health, refusal without the
-//! token, enqueue, queues, job, pause/resume and dead letters, as tables and as `--json`.
+//! token, enqueue, queues, job, pause/resume, dead letters and schedules, as tables and as `--json`.
 //!
 //! The daemon listens on port 0 and the test reads the bound gRPC address from its log: readiness is a log line,
 //! never a sleep.
@@ -136,6 +136,68 @@ fn operator_subcommands_over_grpc() {
     assert_eq!(daemon.json(&["dead", "replay", "--queue", "emails"])["replayed"], 0);
     let missing = daemon.spool(Some("tok"), &["job", "0190b5a0-0000-7000-8000-000000000000"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NOTFOUND"));
+
+    let created = daemon.json(&[
+        "schedule",
+        "create",
+        "nightly",
+        "--queue",
+        "emails",
+        "--payload",
+        "report",
+        "--cron",
+        "30 2 * * *",
+        "--tz",
+        "America/New_York",
+        "--overlap",
+        "skip",
+    ]);
+    assert_eq!(created["created"], true);
+    let bad = daemon.spool(
+        Some("tok"),
+        &[
+            "schedule",
+            "create",
+            "x",
+            "--queue",
+            "emails",
+            "--every",
+            "1h",
+            "--cron",
+            "* * * * *",
+        ],
+    );
+    assert!(!bad.status.success(), "one trigger only");
+    let listed = daemon.json(&["schedules"]);
+    let nightly = &listed.as_array().expect("a list")[0];
+    assert_eq!(
+        (
+            nightly["name"].as_str(),
+            nightly["trigger"]["timezone"].as_str(),
+            nightly["overlap"].as_str()
+        ),
+        (Some("nightly"), Some("America/New_York"), Some("skip"))
+    );
+    assert!(nightly["next_tick_at_ms"].as_u64().is_some());
+    let table = text(&daemon.spool(Some("tok"), &["schedules"]));
+    assert!(table.starts_with("SCHEDULE") && table.contains("nightly"), "{table}");
+    let job_id = daemon.json(&["schedule", "trigger", "nightly"])["job_id"]
+        .as_str()
+        .expect("a job id")
+        .to_string();
+    let shown = daemon.json(&["schedule", "show", "nightly"]);
+    assert_eq!(
+        (
+            shown["history"][0]["kind"].as_str(),
+            shown["history"][0]["job_id"].as_str()
+        ),
+        (Some("manual"), Some(job_id.as_str()))
+    );
+    assert_eq!(daemon.json(&["job", &job_id])["payload"], "report");
+    assert_eq!(daemon.json(&["schedule", "disable", "nightly"])["changed"], true);
+    daemon.json(&["schedule", "delete", "nightly"]);
+    let gone = daemon.spool(Some("tok"), &["schedule", "show", "nightly"]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("NOTFOUND"));
 
     let url = daemon.url.clone();
     drop(daemon);

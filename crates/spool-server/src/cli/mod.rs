@@ -1,5 +1,5 @@
 //! The operator's client subcommands (`spool enqueue`, `spool queues`, `spool job`, `spool dead …`, `spool pause`,
-//! `spool resume`, `spool healthcheck`), built on `spool-client` over gRPC. Each prints a human-readable table by
+//! `spool resume`, `spool schedules`, `spool schedule …`, `spool healthcheck`), built on `spool-client` over gRPC. Each prints a human-readable table by
 //! default and JSON with `--json`, for scripts. They hold no business logic: one client call each.
 
 mod output;
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use spool_client::{proto, Client, DeadTarget, DEFAULT_SERVER};
 
 /// Where the broker is and how to talk to it.
@@ -91,6 +91,16 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: DeadCommand,
     },
+    /// Show every schedule with its trigger and next run.
+    Schedules {
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Periodic jobs: show, create, delete, enable, disable or trigger one.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
     /// Check a broker's health over gRPC (grpc.health.v1); exits 0 when SERVING. For container health checks.
     Healthcheck {
         /// The service to ask about; empty (default) asks about the whole server.
@@ -132,6 +142,155 @@ pub enum DeadCommand {
         #[command(flatten)]
         conn: Connection,
     },
+}
+
+/// `spool schedule …`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Show one schedule: definition, next run and recent firings with their jobs.
+    Show {
+        /// The schedule's name.
+        name: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Create a schedule (see docs/scheduling.md).
+    Create(Box<CreateSchedule>),
+    /// Delete a schedule (jobs it already enqueued stay).
+    Delete {
+        /// The schedule's name.
+        name: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Let a schedule fire again.
+    Enable {
+        /// The schedule's name.
+        name: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Stop a schedule firing.
+    Disable {
+        /// The schedule's name.
+        name: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Enqueue a schedule's job now, once; prints the job id.
+    Trigger {
+        /// The schedule's name.
+        name: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+/// `spool schedule create`: boxed in [`ScheduleCommand`], whose other variants are just a name.
+#[derive(Debug, Args)]
+pub struct CreateSchedule {
+    /// Unique name: letters, digits and _ - . :
+    name: String,
+    /// The queue each run enqueues to.
+    #[arg(long)]
+    queue: String,
+    /// The job's payload.
+    #[arg(long, default_value = "")]
+    payload: String,
+    #[command(flatten)]
+    when: When,
+    /// IANA time zone of --cron, e.g. `Europe/Paris` (default UTC).
+    #[arg(long, requires = "cron")]
+    tz: Option<String>,
+    /// Missed runs after downtime: skip (default; `one` for --at), one, all.
+    #[arg(long, value_enum)]
+    catch_up: Option<CatchUpArg>,
+    /// With `--catch-up all`: the most missed runs fired after one outage (default 100).
+    #[arg(long)]
+    catch_up_limit: Option<u32>,
+    /// A run while the previous run's job is unfinished: allow (default) or skip.
+    #[arg(long, value_enum)]
+    overlap: Option<OverlapArg>,
+    /// Job priority, 0 (default) to 9.
+    #[arg(long)]
+    priority: Option<u32>,
+    /// Drop a run's job if not reserved within this long of its tick, e.g. `1h`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// Each job becomes ready a random 0..jitter after its tick, e.g. `5s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    jitter: Option<Duration>,
+    /// A header `KEY=VALUE` (repeatable).
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Create it disabled.
+    #[arg(long)]
+    disabled: bool,
+    #[command(flatten)]
+    conn: Connection,
+}
+
+/// When a schedule fires: exactly one of a cron expression, an interval or a one-off time.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct When {
+    /// A cron expression, e.g. `"30 2 * * *"` (5 fields, or 6 with seconds first).
+    #[arg(long)]
+    cron: Option<String>,
+    /// A fixed interval, e.g. `30s`, `1h`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    every: Option<Duration>,
+    /// A one-off run: RFC 3339 (`2026-12-31T23:59:00Z`) or ms since the epoch.
+    #[arg(long, value_parser = parse_time)]
+    at: Option<u64>,
+}
+
+/// `--catch-up`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CatchUpArg {
+    /// Drop missed runs more than a minute late.
+    Skip,
+    /// Run once for the latest missed run.
+    One,
+    /// Run every missed run, up to --catch-up-limit.
+    All,
+}
+
+/// `--overlap`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OverlapArg {
+    /// Enqueue every run.
+    Allow,
+    /// Skip a run while the previous run's job is unfinished.
+    Skip,
+}
+
+impl When {
+    fn trigger(self, tz: Option<String>) -> proto::schedule_def::Trigger {
+        use proto::schedule_def::Trigger;
+        match (self.cron, self.every, self.at) {
+            (Some(expr), _, _) => Trigger::Cron(proto::CronTrigger {
+                expr,
+                timezone: tz.unwrap_or_default(),
+            }),
+            (None, Some(every), _) => Trigger::EveryMs(ms(every)),
+            // clap's group makes exactly one of the three present.
+            (None, None, at) => Trigger::AtMs(at.unwrap_or_default()),
+        }
+    }
+}
+
+/// `--at`: ms since the epoch, or an RFC 3339 time.
+fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?} is neither ms since the epoch nor an RFC 3339 time: {e}"))?;
+    let since = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{s:?} is before 1970"))?;
+    Ok(ms(since))
 }
 
 /// Which dead jobs: one id, a queue's, or all.
@@ -237,11 +396,11 @@ async fn execute(command: ClientCommand) -> anyhow::Result<ExitCode> {
         }
         ClientCommand::Pause { queue, conn } => {
             let changed = connect(&conn).await?.pause(&queue).await?;
-            output::changed("paused", &queue, changed, conn.json);
+            output::changed("queue", "paused", &queue, changed, conn.json);
         }
         ClientCommand::Resume { queue, conn } => {
             let changed = connect(&conn).await?.resume(&queue).await?;
-            output::changed("resumed", &queue, changed, conn.json);
+            output::changed("queue", "resumed", &queue, changed, conn.json);
         }
         ClientCommand::Dead { command } => match command {
             DeadCommand::List {
@@ -265,10 +424,90 @@ async fn execute(command: ClientCommand) -> anyhow::Result<ExitCode> {
                 output::count("purged", n, conn.json);
             }
         },
+        ClientCommand::Schedules { conn } => {
+            let schedules = connect(&conn).await?.list_schedules().await?;
+            output::schedules(&schedules, conn.json);
+        }
+        ClientCommand::Schedule { command } => return schedule(command).await,
         ClientCommand::Healthcheck { service, conn } => {
             let serving = connect(&conn).await?.is_serving(&service).await?;
             output::health(serving, conn.json);
             return Ok(if serving { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn schedule(command: ScheduleCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ScheduleCommand::Show { name, conn } => {
+            let schedule = connect(&conn).await?.get_schedule(&name).await?;
+            output::schedule(&schedule, conn.json);
+        }
+        ScheduleCommand::Create(create) => {
+            let CreateSchedule {
+                name,
+                queue,
+                payload,
+                when,
+                tz,
+                catch_up,
+                catch_up_limit,
+                overlap,
+                priority,
+                ttl,
+                jitter,
+                headers,
+                disabled,
+                conn,
+            } = *create;
+            let def = proto::ScheduleDef {
+                name: name.clone(),
+                job: Some(proto::ScheduledJob {
+                    queue,
+                    payload: payload.into_bytes(),
+                    priority,
+                    ttl_ms: ttl.map(ms),
+                    headers: headers.into_iter().collect::<HashMap<_, _>>(),
+                    ..Default::default()
+                }),
+                trigger: Some(when.trigger(tz)),
+                catch_up: match catch_up {
+                    None => proto::CatchUp::Unspecified,
+                    Some(CatchUpArg::Skip) => proto::CatchUp::Skip,
+                    Some(CatchUpArg::One) => proto::CatchUp::One,
+                    Some(CatchUpArg::All) => proto::CatchUp::All,
+                }
+                .into(),
+                catch_up_limit,
+                overlap: match overlap {
+                    None => proto::Overlap::Unspecified,
+                    Some(OverlapArg::Allow) => proto::Overlap::Allow,
+                    Some(OverlapArg::Skip) => proto::Overlap::Skip,
+                }
+                .into(),
+                jitter_ms: jitter.map_or(0, ms),
+                enabled: Some(!disabled),
+                ..Default::default()
+            };
+            connect(&conn).await?.create_schedule(def).await?;
+            output::done("created", &name, conn.json);
+        }
+        ScheduleCommand::Delete { name, conn } => {
+            connect(&conn).await?.delete_schedule(&name).await?;
+            output::done("deleted", &name, conn.json);
+        }
+        ScheduleCommand::Enable { name, conn } => {
+            let changed = connect(&conn).await?.enable_schedule(&name).await?;
+            output::changed("schedule", "enabled", &name, changed, conn.json);
+        }
+        ScheduleCommand::Disable { name, conn } => {
+            let changed = connect(&conn).await?.disable_schedule(&name).await?;
+            output::changed("schedule", "disabled", &name, changed, conn.json);
+        }
+        ScheduleCommand::Trigger { name, conn } => {
+            let id = connect(&conn).await?.trigger_schedule(&name).await?;
+            output::triggered(&name, &id, conn.json);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -188,13 +188,14 @@ pub fn dead(jobs: &[proto::Job], json: bool) {
     table(&["ID", "QUEUE", "ATTEMPTS", "DIED", "LAST ERROR"], &rows);
 }
 
-pub fn changed(verb: &str, queue: &str, changed: bool, json: bool) {
+/// `kind` is what `name` is (`queue`, `schedule`): the JSON key it goes under.
+pub fn changed(kind: &str, verb: &str, name: &str, changed: bool, json: bool) {
     if json {
-        print_json(json!({ "queue": queue, "changed": changed }));
+        print_json(json!({ kind: name, "changed": changed }));
     } else if changed {
-        println!("{queue}: {verb}");
+        println!("{name}: {verb}");
     } else {
-        println!("{queue}: already {verb}");
+        println!("{name}: already {verb}");
     }
 }
 
@@ -212,5 +213,153 @@ pub fn health(serving: bool, json: bool) {
         print_json(json!({ "status": status }));
     } else {
         println!("{status}");
+    }
+}
+
+fn trigger_text(def: &proto::ScheduleDef) -> String {
+    use proto::schedule_def::Trigger;
+    match &def.trigger {
+        Some(Trigger::Cron(c)) => format!("cron {:?} {}", c.expr, c.timezone),
+        Some(Trigger::EveryMs(ms)) => format!("every {}", humantime::format_duration(Duration::from_millis(*ms))),
+        Some(Trigger::AtMs(ms)) => format!("at {}", time(*ms)),
+        None => "-".into(),
+    }
+}
+
+fn trigger_json(def: &proto::ScheduleDef) -> Value {
+    use proto::schedule_def::Trigger;
+    match &def.trigger {
+        Some(Trigger::Cron(c)) => json!({ "cron": c.expr, "timezone": c.timezone }),
+        Some(Trigger::EveryMs(ms)) => json!({ "every_ms": ms }),
+        Some(Trigger::AtMs(ms)) => json!({ "at_ms": ms }),
+        None => Value::Null,
+    }
+}
+
+/// Enum words as the docs and the RESP door spell them (`skip`, `skipped_overlap`), not prost's `CATCH_UP_SKIP`.
+fn word(name: &str, prefix: &str) -> String {
+    name.trim_start_matches(prefix).to_ascii_lowercase()
+}
+
+fn firing_json(f: &proto::Firing) -> Value {
+    json!({
+        "tick_at_ms": f.tick_at_ms, "recorded_at_ms": f.recorded_at_ms,
+        "kind": word(f.kind().as_str_name(), "FIRING_KIND_"), "job_id": f.job_id,
+        "outcome": outcome(f), "missed": f.missed,
+    })
+}
+
+/// The job's state, `done` once it is gone, or nothing for firings without a job of their own.
+fn outcome(f: &proto::Firing) -> Option<String> {
+    if f.job_done {
+        Some("done".into())
+    } else if f.job_state() != proto::JobState::Unspecified {
+        Some(word(f.job_state().as_str_name(), "JOB_STATE_"))
+    } else {
+        None
+    }
+}
+
+fn schedule_json(s: &proto::Schedule) -> Value {
+    let def = s.def.clone().unwrap_or_default();
+    let job = def.job.clone().unwrap_or_default();
+    json!({
+        "name": def.name, "queue": job.queue, "payload": String::from_utf8_lossy(&job.payload),
+        "trigger": trigger_json(&def), "catch_up": word(def.catch_up().as_str_name(), "CATCH_UP_"),
+        "catch_up_limit": def.catch_up_limit, "overlap": word(def.overlap().as_str_name(), "OVERLAP_"),
+        "priority": job.priority, "ttl_ms": job.ttl_ms, "jitter_ms": def.jitter_ms, "headers": job.headers,
+        "start_at_ms": def.start_at_ms, "end_at_ms": def.end_at_ms, "enabled": def.enabled.unwrap_or(true),
+        "origin": word(s.origin().as_str_name(), "SCHEDULE_ORIGIN_"), "last_tick_at_ms": s.last_tick_at_ms,
+        "next_tick_at_ms": s.next_tick_at_ms, "history": s.history.iter().map(firing_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn schedules(schedules: &[proto::Schedule], json: bool) {
+    if json {
+        print_json(Value::Array(schedules.iter().map(schedule_json).collect()));
+        return;
+    }
+    let rows: Vec<Vec<String>> = schedules
+        .iter()
+        .map(|s| {
+            let def = s.def.clone().unwrap_or_default();
+            vec![
+                def.name.clone(),
+                def.job.as_ref().map_or(String::new(), |j| j.queue.clone()),
+                trigger_text(&def),
+                if def.enabled.unwrap_or(true) {
+                    "enabled"
+                } else {
+                    "disabled"
+                }
+                .into(),
+                word(s.origin().as_str_name(), "SCHEDULE_ORIGIN_"),
+                s.next_tick_at_ms.map_or("-".into(), time),
+            ]
+        })
+        .collect();
+    table(&["SCHEDULE", "QUEUE", "TRIGGER", "STATE", "ORIGIN", "NEXT RUN"], &rows);
+}
+
+pub fn schedule(s: &proto::Schedule, json: bool) {
+    if json {
+        print_json(schedule_json(s));
+        return;
+    }
+    let value = schedule_json(s);
+    let def = s.def.clone().unwrap_or_default();
+    let rows = [
+        ("name", def.name.clone()),
+        ("queue", value["queue"].as_str().unwrap_or_default().to_string()),
+        ("trigger", trigger_text(&def)),
+        (
+            "state",
+            if def.enabled.unwrap_or(true) {
+                "enabled"
+            } else {
+                "disabled"
+            }
+            .into(),
+        ),
+        ("origin", value["origin"].as_str().unwrap_or_default().to_string()),
+        ("catch-up", value["catch_up"].as_str().unwrap_or_default().to_string()),
+        ("overlap", value["overlap"].as_str().unwrap_or_default().to_string()),
+        ("last tick", s.last_tick_at_ms.map_or("-".into(), time)),
+        ("next run", s.next_tick_at_ms.map_or("-".into(), time)),
+        ("payload", value["payload"].as_str().unwrap_or_default().to_string()),
+    ];
+    for (key, value) in rows {
+        println!("{key:<12} {value}");
+    }
+    println!();
+    let history: Vec<Vec<String>> = s
+        .history
+        .iter()
+        .map(|f| {
+            vec![
+                time(f.tick_at_ms),
+                word(f.kind().as_str_name(), "FIRING_KIND_"),
+                f.job_id.clone().unwrap_or_else(|| "-".into()),
+                outcome(f).unwrap_or_else(|| "-".into()),
+                f.missed.to_string(),
+            ]
+        })
+        .collect();
+    table(&["TICK", "KIND", "JOB", "OUTCOME", "MISSED"], &history);
+}
+
+pub fn done(verb: &str, name: &str, json: bool) {
+    if json {
+        print_json(json!({ "schedule": name, verb: true }));
+    } else {
+        println!("{name}: {verb}");
+    }
+}
+
+pub fn triggered(name: &str, job_id: &str, json: bool) {
+    if json {
+        print_json(json!({ "schedule": name, "job_id": job_id }));
+    } else {
+        println!("{job_id}");
     }
 }
