@@ -23,11 +23,17 @@ if ! command -v redis-cli >/dev/null; then
     apt-get update -qq && apt-get install -y -qq redis-tools >/dev/null
 fi
 
-(cd "$repo" && cargo build -p spool-server)
+# SPOOL_BIN lets CI reuse the binary `cargo test --workspace` just built: building `-p spool-server` alone resolves
+# dependency features differently and would recompile much of the tree for nothing.
+spool_bin=${SPOOL_BIN:-}
+if [[ -z "$spool_bin" ]]; then
+    (cd "$repo" && cargo build -p spool-server)
+    spool_bin="$repo/target/debug/spool"
+fi
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 grpc_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-SPOOL_RESP__LISTEN="127.0.0.1:$port" SPOOL_GRPC__LISTEN="127.0.0.1:$grpc_port" "$repo/target/debug/spool" serve --data-dir "$tmp/data" 2>"$tmp/spool.log" &
+SPOOL_RESP__LISTEN="127.0.0.1:$port" SPOOL_GRPC__LISTEN="127.0.0.1:$grpc_port" "$spool_bin" serve --data-dir "$tmp/data" 2>"$tmp/spool.log" &
 daemon_pid=$!
 
 # Wait for the listener: poll with PING, giving up after ~30 s (the daemon may replay a store first).
