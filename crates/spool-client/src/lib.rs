@@ -102,7 +102,7 @@ impl From<proto::ErrorDetail> for ClientError {
     fn from(e: proto::ErrorDetail) -> Self {
         match spool_proto::error_code_from_str(&e.code) {
             Some(code) => ClientError::Spool {
-                status: code_status(code),
+                status: spool_proto::grpc_code(code),
                 code,
                 message: e.message,
             },
@@ -111,18 +111,6 @@ impl From<proto::ErrorDetail> for ClientError {
                 message: format!("{}: {}", e.code, e.message),
             },
         }
-    }
-}
-
-/// The status a unary call would have carried for `code` (so stream results and unary errors compare alike).
-fn code_status(code: ErrorCode) -> Code {
-    match code {
-        ErrorCode::NotFound | ErrorCode::UnknownQueue => Code::NotFound,
-        ErrorCode::Invalid => Code::InvalidArgument,
-        ErrorCode::LeaseLost | ErrorCode::WrongState => Code::FailedPrecondition,
-        ErrorCode::TooBig => Code::ResourceExhausted,
-        ErrorCode::ShuttingDown => Code::Unavailable,
-        ErrorCode::Storage => Code::Internal,
     }
 }
 

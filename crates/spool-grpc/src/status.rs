@@ -2,22 +2,9 @@
 //! `spool-error-code` metadata so clients branch on `LEASELOST` rather than on prose.
 
 use spool_core::{ErrorCode, SpoolError};
-use spool_proto::ERROR_CODE_METADATA;
+use spool_proto::{grpc_code, ERROR_CODE_METADATA};
 use tonic::metadata::MetadataValue;
-use tonic::{Code, Status};
-
-/// The gRPC status code for a Spool error code.
-pub fn grpc_code(code: ErrorCode) -> Code {
-    match code {
-        ErrorCode::NotFound | ErrorCode::UnknownQueue => Code::NotFound,
-        ErrorCode::Invalid => Code::InvalidArgument,
-        // The caller's view of the job is stale (lease gone, or the job moved on): retrying the same call won't help.
-        ErrorCode::LeaseLost | ErrorCode::WrongState => Code::FailedPrecondition,
-        ErrorCode::TooBig => Code::ResourceExhausted,
-        ErrorCode::ShuttingDown => Code::Unavailable,
-        ErrorCode::Storage => Code::Internal,
-    }
-}
+use tonic::Status;
 
 /// The status for an engine error.
 pub fn status(e: SpoolError) -> Status {

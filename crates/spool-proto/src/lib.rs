@@ -28,6 +28,21 @@ pub const SERVICE_NAME: &str = "spool.v1.Spool";
 /// The response metadata key that carries the stable error code of a failed call.
 pub const ERROR_CODE_METADATA: &str = "spool-error-code";
 
+/// The gRPC status code for a Spool error code: what the server sends, and what a client expects for a code that
+/// arrived some other way (a result on the consume stream), so both sides agree by construction.
+pub fn grpc_code(code: ErrorCode) -> tonic::Code {
+    use tonic::Code;
+    match code {
+        ErrorCode::NotFound | ErrorCode::UnknownQueue => Code::NotFound,
+        ErrorCode::Invalid => Code::InvalidArgument,
+        // The caller's view of the job is stale (lease gone, or the job moved on): retrying the same call won't help.
+        ErrorCode::LeaseLost | ErrorCode::WrongState => Code::FailedPrecondition,
+        ErrorCode::TooBig => Code::ResourceExhausted,
+        ErrorCode::ShuttingDown => Code::Unavailable,
+        ErrorCode::Storage => Code::Internal,
+    }
+}
+
 /// Every stable error code, for parsing a code back from the wire.
 pub const ERROR_CODES: [ErrorCode; 8] = [
     ErrorCode::NotFound,
