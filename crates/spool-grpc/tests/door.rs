@@ -7,70 +7,11 @@ mod common;
 use std::time::Duration;
 
 use spool_client::{new_job, proto, Client, ClientError, DeadTarget, Nack};
-use spool_core::{ErrorCode, JobOptions};
-use spool_engine::{Broker, DeadSelector, EngineConfig, NackAction, NewJob, ReserveRequest};
+use spool_core::ErrorCode;
+use spool_engine::EngineConfig;
 use spool_grpc::GrpcConfig;
+use spool_testkit::{push_fetch_ack_nack_dead_replay, Door, EngineDoor, Fetched};
 use tonic::Code;
-
-fn stats_line(broker: &Broker) -> String {
-    let s = broker.queue_stats("work").expect("stats");
-    format!(
-        "stats ready={} leased={} retry={} dead={} acked={} failed={} dead_lettered={}",
-        s.ready, s.leased, s.retry, s.dead, s.acked_total, s.failed_total, s.dead_lettered_total
-    )
-}
-
-/// The scenario straight on the engine: what every door must reproduce.
-async fn through_engine(broker: &Broker) -> Vec<String> {
-    let mut out = Vec::new();
-    let push = |payload: &str| NewJob {
-        queue: "work".into(),
-        payload: payload.as_bytes().to_vec(),
-        options: JobOptions {
-            max_attempts: Some(2),
-            ..JobOptions::default()
-        },
-        ..NewJob::default()
-    };
-    let fetch = || ReserveRequest::new(vec!["work".into()], 1, Duration::ZERO);
-    broker.enqueue(push("first")).await.expect("push");
-    let failing = broker.enqueue(push("second")).await.expect("push").id;
-    let job = broker.reserve(fetch()).await.expect("fetch").remove(0);
-    out.push(format!(
-        "fetched {} attempt {}",
-        String::from_utf8_lossy(&job.payload),
-        job.attempts
-    ));
-    broker.ack(job.id, job.lease.unwrap().token).await.expect("ack");
-    out.push(stats_line(broker));
-    for _ in 0..2 {
-        let job = broker.reserve(fetch()).await.expect("fetch").remove(0);
-        out.push(format!(
-            "fetched {} attempt {}",
-            String::from_utf8_lossy(&job.payload),
-            job.attempts
-        ));
-        let token = job.lease.unwrap().token;
-        broker
-            .nack(job.id, token, NackAction::RetryAfter(0), Some("boom".into()))
-            .await
-            .expect("nack");
-        out.push(stats_line(broker));
-    }
-    let dead = broker.dead_list(Some("work"), None, 10).expect("dead list");
-    out.push(format!("dead {} {:?}", dead.len(), dead[0].last_error));
-    let replayed = broker.dead_replay(DeadSelector::One(failing)).await.expect("replay");
-    out.push(format!("replayed {replayed}"));
-    let job = broker.reserve(fetch()).await.expect("fetch").remove(0);
-    out.push(format!(
-        "fetched {} attempt {}",
-        String::from_utf8_lossy(&job.payload),
-        job.attempts
-    ));
-    broker.ack(job.id, job.lease.unwrap().token).await.expect("ack");
-    out.push(stats_line(broker));
-    out
-}
 
 async fn fetch_one(c: &Client) -> proto::Job {
     let mut jobs = c.reserve(&["work"], 1, Duration::ZERO).await.expect("fetch");
@@ -82,58 +23,55 @@ fn token(job: &proto::Job) -> u64 {
     job.lease.expect("a leased job has a lease").token
 }
 
-async fn through_grpc(c: &Client, broker: &Broker) -> Vec<String> {
-    let mut out = Vec::new();
-    let push = |payload: &'static str| {
-        let mut job = new_job("work", payload);
+/// The scenario's operations as gRPC calls through the Rust client over a real socket.
+struct GrpcDoor(Client);
+
+impl Door for GrpcDoor {
+    async fn push(&mut self, queue: &str, payload: &str, max_attempts: u32) -> String {
+        let mut job = new_job(queue, payload);
         job.options = Some(proto::JobOptions {
-            max_attempts: Some(2),
+            max_attempts: Some(max_attempts),
             ..Default::default()
         });
-        job
-    };
-    c.enqueue(push("first")).await.expect("push");
-    let failing = c.enqueue(push("second")).await.expect("push").id;
-    let job = fetch_one(c).await;
-    out.push(format!(
-        "fetched {} attempt {}",
-        String::from_utf8_lossy(&job.payload),
-        job.attempts
-    ));
-    c.ack(&job.id, token(&job)).await.expect("ack");
-    out.push(stats_line(broker));
-    for _ in 0..2 {
-        let job = fetch_one(c).await;
-        out.push(format!(
-            "fetched {} attempt {}",
-            String::from_utf8_lossy(&job.payload),
-            job.attempts
-        ));
-        c.nack(
-            &job.id,
-            token(&job),
-            Nack::RetryAfter(Duration::ZERO),
-            Some("boom".into()),
-        )
-        .await
-        .expect("nack");
-        out.push(stats_line(broker));
+        self.0.enqueue(job).await.expect("push").id
     }
-    let dead = c.list_dead(Some("work"), None, 10).await.expect("dead list");
-    out.push(format!("dead {} {:?}", dead.len(), dead[0].last_error));
-    assert_eq!(dead[0].state(), proto::JobState::Dead);
-    let replayed = c.replay_dead(DeadTarget::Job(failing.clone())).await.expect("replay");
-    out.push(format!("replayed {replayed}"));
-    let job = fetch_one(c).await;
-    out.push(format!(
-        "fetched {} attempt {}",
-        String::from_utf8_lossy(&job.payload),
-        job.attempts
-    ));
-    assert_eq!(job.id, failing);
-    c.ack(&job.id, token(&job)).await.expect("ack");
-    out.push(stats_line(broker));
-    out
+
+    async fn fetch(&mut self, queue: &str) -> Fetched {
+        let mut jobs = self.0.reserve(&[queue], 1, Duration::ZERO).await.expect("fetch");
+        assert_eq!(jobs.len(), 1, "one job ready");
+        let job = jobs.remove(0);
+        Fetched {
+            token: token(&job).to_string(),
+            payload: String::from_utf8_lossy(&job.payload).into_owned(),
+            attempt: job.attempts,
+            id: job.id,
+        }
+    }
+
+    async fn ack(&mut self, job: &Fetched) {
+        self.0
+            .ack(&job.id, job.token.parse().expect("token"))
+            .await
+            .expect("ack");
+    }
+
+    async fn nack_now(&mut self, job: &Fetched, error: &str) {
+        let token = job.token.parse().expect("token");
+        self.0
+            .nack(&job.id, token, Nack::RetryAfter(Duration::ZERO), Some(error.into()))
+            .await
+            .expect("nack");
+    }
+
+    async fn dead_errors(&mut self, queue: &str) -> Vec<Option<String>> {
+        let dead = self.0.list_dead(Some(queue), None, 100).await.expect("dead list");
+        assert!(dead.iter().all(|j| j.state() == proto::JobState::Dead));
+        dead.into_iter().map(|j| j.last_error).collect()
+    }
+
+    async fn replay(&mut self, id: &str) -> u64 {
+        self.0.replay_dead(DeadTarget::Job(id.into())).await.expect("replay")
+    }
 }
 
 #[tokio::test]
@@ -142,13 +80,16 @@ async fn the_grpc_door_changes_no_outcome() {
         std::sync::Arc::new(spool_core::ManualClock::new(common::T0)),
         EngineConfig::default(),
     );
-    let expected = through_engine(&direct).await;
+    let expected = push_fetch_ack_nack_dead_replay(&mut EngineDoor(&direct), &direct).await;
     assert_eq!(expected[0], "fetched first attempt 1");
     assert!(expected[5].contains("dead=1"), "{expected:?}");
 
     let server = common::start().await;
-    let client = server.client().await;
-    assert_eq!(through_grpc(&client, &server.broker).await, expected);
+    let mut door = GrpcDoor(server.client().await);
+    assert_eq!(
+        push_fetch_ack_nack_dead_replay(&mut door, &server.broker).await,
+        expected
+    );
     server.stop().await;
 }
 
