@@ -13,6 +13,8 @@
 #                 FETCH COUNT 50, one multi-id ACK); Redis LPUSH + BRPOP (at-most-once) and the reliable-queue
 #                 pattern LPUSH + BLMOVE + LREM (at-least-once, the fair match for JOB.FETCH + JOB.ACK); Spool's
 #                 LPUSH + BRPOP too. Batched Redis list: LPUSH 50 values + RPOP 50.
+#   generator   spool-bench enqueue with LPUSH, 50 connections: the same load as redis-benchmark's LPUSH -P 1 row.
+#   grpc        Spool's gRPC door, e2e batched (-b 50).
 #   latency     spool-bench enqueue, one connection, one push at a time, 5 s: durable push latency (JOB.PUSH and
 #               LPUSH on Spool, LPUSH on Redis appendfsync always).
 # Every process it starts is stopped by PID on exit (trap).
@@ -76,12 +78,22 @@ start_redis redis-everysec --appendonly yes --appendfsync everysec
 start_redis redis-nopersist --appendonly no
 
 PORT[spool]=$(free_port)
+GRPC_PORT=$(free_port)
 mkdir -p "$WORK/spool"
-SPOOL_RESP__LISTEN=127.0.0.1:${PORT[spool]} SPOOL_STORAGE__DURABILITY=always SPOOL_GRPC__ENABLED=false \
+SPOOL_RESP__LISTEN=127.0.0.1:${PORT[spool]} SPOOL_STORAGE__DURABILITY=always SPOOL_GRPC__LISTEN=127.0.0.1:$GRPC_PORT \
     "$SPOOL" serve --data-dir "$WORK/spool/data" 2>"$WORK/spool/log" &
 SPOOL_PID=$!
 PIDS+=("$SPOOL_PID")
 wait_ping "${PORT[spool]}"
+
+# The disk's sync rate moves a lot on a shared VM (builds writing beside us): measure it before and after the run
+# so the table can be read against it.
+fsync_rate() {
+    dd if=/dev/zero of="$WORK/fsync-probe" bs=4k count=500 oflag=dsync 2>&1 |
+        awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") printf "%.0f 4-KiB dsync writes/s\n", 500 / $(i - 1) }'
+    rm -f "$WORK/fsync-probe"
+}
+echo "disk before: $(fsync_rate)" | tee "$OUT/disk.txt" >&2
 
 TARGETS=(spool redis-always redis-everysec redis-nopersist)
 RESULTS="$OUT/results.tsv" # round, workload, target, jobs/s, p50 ms, p99 ms
@@ -103,7 +115,7 @@ run_rb() { # round, target, pipeline
 run_sb() { # round, workload name, target, spool-bench arguments...
     local round=$1 name=$2 target=$3 json
     shift 3
-    json="$OUT/$name-$target-$round.json"
+    json="$OUT/$(printf '%s' "$name-$target-$round" | tr -c 'A-Za-z0-9.-' '_').json"
     if ! "$BENCH" --server "127.0.0.1:${PORT[$target]}" --json "$json" --label "$target" "$@" >>"$OUT/bench.log" 2>&1; then
         echo "FAILED: $name on $target (round $round): see $OUT/bench.log" >&2
         record "$round" "$name" "$target" FAILED - -
@@ -124,8 +136,13 @@ for round in $(seq 1 "$ROUNDS"); do
     for p in 1 16; do
         for t in "${TARGETS[@]}"; do run_rb "$round" "$t" "$p"; done
     done
+    # The same LPUSH load from spool-bench: if it matches redis-benchmark's row, the generator is not the limit.
+    for t in "${TARGETS[@]}"; do
+        run_sb "$round" "spool-bench LPUSH -c50 -P1" "$t" --mode enqueue -c 50 -d 200 --duration 5 --pattern list
+    done
     run_sb "$round" "e2e native b1" spool "${E2E[@]}" --pattern native
     run_sb "$round" "e2e native b50" spool "${E2E[@]}" --pattern native -b 50
+    run_sb "$round" "e2e grpc b50" spool "${E2E[@]}" --pattern grpc -b 50 --grpc "http://127.0.0.1:$GRPC_PORT"
     for t in "${TARGETS[@]}"; do
         run_sb "$round" "e2e list b1" "$t" "${E2E[@]}" --pattern list
         run_sb "$round" "e2e list b50" "$t" "${E2E[@]}" --pattern list -b 50
@@ -143,6 +160,8 @@ for round in $(seq 1 "$ROUNDS"); do
         run_sb "$round" "push latency c1 lpush" "$t" --mode enqueue -c 1 -d 200 --duration 5 --pattern list
     done
 done
+
+echo "disk after: $(fsync_rate)" | tee -a "$OUT/disk.txt" >&2
 
 # Medians per (workload, target), then the ratios the targets in docs/benchmarks.md are stated in.
 python3 - "$RESULTS" <<'EOF' | tee "$OUT/table.md"
