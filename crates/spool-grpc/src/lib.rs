@@ -21,8 +21,8 @@ use spool_engine::Broker;
 use spool_proto::v1::spool_server::SpoolServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 pub use auth::BearerAuth;
