@@ -22,7 +22,15 @@ struct Daemon {
     child: Child,
     port: u16,
     log: Arc<Mutex<Vec<String>>>,
-    reader: std::thread::JoinHandle<()>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A test that panics must not leave its daemon running: kill it (a no-op once it has exited and been waited for).
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Daemon {
@@ -61,7 +69,7 @@ impl Daemon {
             child,
             port,
             log,
-            reader,
+            reader: Some(reader),
         }
     }
 
@@ -85,7 +93,7 @@ impl Daemon {
     fn wait(mut self) -> (ExitStatus, Vec<String>) {
         let status = self.child.wait().unwrap();
         // The reader thread ends at EOF on stderr, which comes with the process's exit.
-        self.reader.join().unwrap();
+        self.reader.take().expect("waited once").join().unwrap();
         let log = self.log.lock().unwrap().clone();
         (status, log)
     }
