@@ -105,7 +105,7 @@ async fn run(service: SpoolService, mut inbound: Streaming<v1::ConsumeRequest>, 
                 for job in jobs {
                     session.held.insert(job.id);
                     let message = v1::ConsumeResponse {
-                        kind: Some(consume_response::Kind::Job(v1::Job::from(&job))),
+                        kind: Some(consume_response::Kind::Job(v1::Job::from(job))),
                     };
                     if out.send(Ok(message)).await.is_err() {
                         return Ok(());

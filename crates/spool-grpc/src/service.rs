@@ -152,7 +152,7 @@ fn schedule_info(info: &ScheduleInfo, with_history: bool) -> v1::Schedule {
 }
 
 fn jobs(jobs: Vec<spool_core::Job>) -> Vec<v1::Job> {
-    jobs.iter().map(v1::Job::from).collect()
+    jobs.into_iter().map(v1::Job::from).collect()
 }
 
 #[tonic::async_trait]
@@ -288,7 +288,7 @@ impl Spool for SpoolService {
         let id = parse_job_id("id", &request.into_inner().id).map_err(status)?;
         let job = self.broker.get(id).map_err(status)?;
         Ok(Response::new(v1::GetJobResponse {
-            job: Some(v1::Job::from(&job)),
+            job: Some(v1::Job::from(job)),
         }))
     }
 

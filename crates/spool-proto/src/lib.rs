@@ -155,12 +155,14 @@ impl TryFrom<&v1::RetryPolicy> for RetryPolicy {
     }
 }
 
-impl From<&Job> for v1::Job {
-    fn from(job: &Job) -> Self {
+/// By value: every caller holds an owned copy from the engine, and taking it moves the payload and headers into the
+/// message instead of copying them a second time on the fetch path.
+impl From<Job> for v1::Job {
+    fn from(job: Job) -> Self {
         v1::Job {
             id: job.id.to_string(),
             queue: job.queue.to_string(),
-            payload: job.payload.clone(),
+            payload: job.payload,
             priority: job.priority.get().into(),
             created_at_ms: job.created_at,
             enqueued_at_ms: job.enqueued_at,
@@ -170,10 +172,10 @@ impl From<&Job> for v1::Job {
             max_attempts: job.max_attempts,
             lease_ms: job.lease_ms,
             retry: Some((&job.retry).into()),
-            unique_key: job.unique_key.clone(),
+            unique_key: job.unique_key,
             unique_until_ms: job.unique_until,
-            headers: job.headers.clone().into_iter().collect(),
-            last_error: job.last_error.clone(),
+            headers: job.headers.into_iter().collect(),
+            last_error: job.last_error,
             state: v1::JobState::from(job.state).into(),
             lease: job.lease.map(|l| v1::Lease {
                 token: l.token,

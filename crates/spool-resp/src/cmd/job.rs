@@ -222,7 +222,9 @@ impl JobCmd {
                 if !ctx.may_block {
                     req.timeout = Duration::ZERO;
                 }
-                Ok(Frame::Array(broker.reserve(req).await?.iter().map(fetched).collect()))
+                Ok(Frame::Array(
+                    broker.reserve(req).await?.into_iter().map(fetched).collect(),
+                ))
             }
             JobCmd::Ack(acks) if acks.len() == 1 => {
                 let (id, token) = acks[0];
@@ -277,20 +279,22 @@ fn headers(job: &Job) -> Frame {
 }
 
 /// A leased job as `JOB.FETCH` returns it: what a worker needs to run it and to ack it. The token is a string
-/// because it is an unsigned 64-bit number, which RESP integers (signed) cannot carry.
-fn fetched(job: &Job) -> Frame {
-    let lease = job.lease.as_ref();
+/// because it is an unsigned 64-bit number, which RESP integers (signed) cannot carry. Takes the job by value so the
+/// payload moves into the frame rather than being copied again on the fetch path.
+fn fetched(job: Job) -> Frame {
+    let headers = headers(&job);
+    let lease = job.lease;
     Frame::Map(vec![
         (Frame::text("id"), Frame::text(job.id.to_string())),
         (Frame::text("queue"), Frame::text(job.queue.as_str())),
-        (Frame::text("payload"), Frame::Bulk(Bytes::from(job.payload.clone()))),
+        (Frame::text("payload"), Frame::Bulk(Bytes::from(job.payload))),
         (Frame::text("attempt"), Frame::Integer(i64::from(job.attempts))),
         (
             Frame::text("token"),
             lease.map_or(Frame::Null, |l| Frame::text(l.token.to_string())),
         ),
         (Frame::text("lease_expires_at"), opt_int(lease.map(|l| l.expires_at))),
-        (Frame::text("headers"), headers(job)),
+        (Frame::text("headers"), headers),
     ])
 }
 
