@@ -144,19 +144,7 @@ async fn reserve_returns_at_most_count() {
 #[tokio::test(start_paused = true)]
 async fn blocking_reserve_is_woken_by_an_enqueue() {
     let (broker, _clock) = mem_broker();
-    let reserver = {
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            broker
-                .reserve(ReserveRequest::new(vec!["default".into()], 1, Duration::from_secs(60)))
-                .await
-        })
-    };
-    // Let the reserver run until it blocks; yielding does not move the paused clock, so it cannot time out.
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert!(!reserver.is_finished(), "reserve returned before any job existed");
+    let reserver = parked_reserver(&broker, "default", "reserve returned before any job existed").await;
 
     let started = tokio::time::Instant::now();
     let id = put(&broker, job("default", "wake")).await;
@@ -672,18 +660,7 @@ async fn resume_wakes_a_blocked_reserver() {
     let (broker, _clock) = mem_broker();
     broker.pause("default").await.unwrap();
     let id = put(&broker, job("default", "held")).await;
-    let reserver = {
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            broker
-                .reserve(ReserveRequest::new(vec!["default".into()], 1, Duration::from_secs(60)))
-                .await
-        })
-    };
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert!(!reserver.is_finished(), "reserved from a paused queue");
+    let reserver = parked_reserver(&broker, "default", "reserved from a paused queue").await;
     let started = tokio::time::Instant::now();
     broker.resume("default").await.unwrap();
     let jobs = reserver.await.unwrap().unwrap();

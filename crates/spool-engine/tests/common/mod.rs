@@ -103,6 +103,28 @@ pub async fn take_one(broker: &Broker, queue: &str) -> Job {
 }
 
 /// The payloads of `jobs` as strings, in order.
+/// Spawns a reserve of one job from `queue` (60 s timeout) and runs it until it is parked waiting; `why` is the
+/// failure message if it returns instead. Yielding does not move tokio's paused clock, so it cannot time out here.
+pub async fn parked_reserver(
+    broker: &Broker,
+    queue: &str,
+    why: &str,
+) -> tokio::task::JoinHandle<Result<Vec<Job>, SpoolError>> {
+    let reserver = {
+        let (broker, queue) = (broker.clone(), queue.to_string());
+        tokio::spawn(async move {
+            broker
+                .reserve(ReserveRequest::new(vec![queue], 1, Duration::from_secs(60)))
+                .await
+        })
+    };
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!reserver.is_finished(), "{why}");
+    reserver
+}
+
 pub fn labels(jobs: &[Job]) -> Vec<String> {
     jobs.iter()
         .map(|j| String::from_utf8(j.payload.clone()).expect("utf-8 label"))
