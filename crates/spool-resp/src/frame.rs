@@ -261,54 +261,21 @@ fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
         }
         let mut arg = Vec::new();
         match line[i] {
-            b'"' => {
+            quote @ (b'"' | b'\'') => {
                 i += 1;
                 loop {
                     match *line.get(i)? {
-                        b'\\'
-                            if line.get(i + 1) == Some(&b'x')
-                                && line.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
-                                && line.get(i + 3).is_some_and(u8::is_ascii_hexdigit) =>
-                        {
-                            let hex = std::str::from_utf8(&line[i + 2..i + 4]).ok()?;
-                            arg.push(u8::from_str_radix(hex, 16).ok()?);
-                            i += 4;
-                        }
-                        b'\\' => {
-                            let escaped = *line.get(i + 1)?;
-                            arg.push(match escaped {
-                                b'n' => b'\n',
-                                b'r' => b'\r',
-                                b't' => b'\t',
-                                b'b' => 8,
-                                b'a' => 7,
-                                other => other,
-                            });
-                            i += 2;
-                        }
-                        b'"' => {
-                            i += 1;
-                            break;
-                        }
-                        other => {
-                            arg.push(other);
-                            i += 1;
-                        }
-                    }
-                }
-                if line.get(i).is_some_and(|b| !b.is_ascii_whitespace()) {
-                    return None;
-                }
-            }
-            b'\'' => {
-                i += 1;
-                loop {
-                    match *line.get(i)? {
-                        b'\\' if line.get(i + 1) == Some(&b'\'') => {
-                            arg.push(b'\'');
-                            i += 2;
-                        }
-                        b'\'' => {
+                        b'\\' => match escape(line, i, quote) {
+                            Some((byte, len)) => {
+                                arg.push(byte);
+                                i += len;
+                            }
+                            None => {
+                                arg.push(b'\\');
+                                i += 1;
+                            }
+                        },
+                        byte if byte == quote => {
                             i += 1;
                             break;
                         }
@@ -331,6 +298,30 @@ fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
         }
         args.push(arg);
     }
+}
+
+/// The byte a backslash sequence at `line[i]` stands for inside `quote`s, and the sequence's length; `None` when the
+/// backslash is literal. In `'…'` only `\'` is an escape; in `"…"` also `\xHH` and the C escapes, and any other
+/// escaped byte stands for itself.
+fn escape(line: &[u8], i: usize, quote: u8) -> Option<(u8, usize)> {
+    let next = *line.get(i + 1)?;
+    if quote == b'\'' {
+        return (next == b'\'').then_some((b'\'', 2));
+    }
+    let hex = line.get(i + 2..i + 4).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+    if let (b'x', Some(hex)) = (next, hex) {
+        let hex = std::str::from_utf8(hex).ok()?;
+        return Some((u8::from_str_radix(hex, 16).ok()?, 4));
+    }
+    let byte = match next {
+        b'n' => b'\n',
+        b'r' => b'\r',
+        b't' => b'\t',
+        b'b' => 8,
+        b'a' => 7,
+        other => other,
+    };
+    Some((byte, 2))
 }
 
 impl Frame {
@@ -477,6 +468,13 @@ mod tests {
         assert_eq!(parse(b"\r\n", &LIMITS), Ok(Some((Frame::Array(vec![]), 2))));
         assert!(parse(b"ECHO \"open\r\n", &LIMITS).is_err());
         assert!(parse(b"ECHO \"a\"b\r\n", &LIMITS).is_err());
+        // The edges of the two quoting styles: in '…' a backslash is literal unless it escapes a quote; in "…" an
+        // escaped quote, a bad \x sequence (taken as "x" then literal text) and a backslash before the end.
+        let (frame, _) = parse(b"ECHO 'a\\b' \"q\\\"q\" \"\\xZZ\"\r\n", &LIMITS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame, bulks(&["ECHO", "a\\b", "q\"q", "xZZ"]));
+        assert!(parse(b"ECHO \"a\\\r\n", &LIMITS).is_err());
     }
 
     #[test]
