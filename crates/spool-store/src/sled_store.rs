@@ -30,7 +30,7 @@ pub struct SledConfig {
     pub path: PathBuf,
     /// When a commit counts as done. Default: [`Durability::Always`].
     pub durability: Durability,
-    /// sled's page cache, in bytes. Default 64 MiB: sled's own default (1 GiB) shows up as ~1.4 GB of RSS, while the
+    /// sled's page cache, in bytes. Default 64 MiB: sled's own default is 1 GiB (reported to reach ~1.4 GB of RSS), while the
     /// engine keeps its hot indexes in memory anyway and reads the store only at start-up.
     pub cache_bytes: u64,
     /// The most mutations one group commit applies; more wait for the next. Default 4,096: bounds the latency the
