@@ -39,7 +39,12 @@ pub(crate) fn schedule_key(name: &str) -> Vec<u8> {
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let out = vec![VALUE_VERSION];
+    encode_into(value, Vec::new())
+}
+
+/// [`encode`], appended to `out` (the write-ahead log builds whole records this way, without a copy per value).
+pub(crate) fn encode_into<T: Serialize>(value: &T, mut out: Vec<u8>) -> Vec<u8> {
+    out.push(VALUE_VERSION);
     // Serialising our own plain structs into a Vec cannot fail: postcard errors only on unsupported serde features
     // (which our types do not use) or a full fixed buffer (which a Vec is not).
     postcard::to_extend(value, out).expect("postcard encoding of a store record")

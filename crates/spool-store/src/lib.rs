@@ -11,6 +11,7 @@ mod codec;
 mod error;
 mod mem;
 mod sled_store;
+mod wal;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -24,7 +25,7 @@ use tokio::sync::oneshot;
 
 pub use error::StoreError;
 pub use mem::MemStore;
-pub use sled_store::{SledConfig, SledStore};
+pub use sled_store::{SledConfig, SledStore, CHECKPOINT_QUEUE};
 
 /// How durable a write is before its [`Commit`] resolves (Redis's `appendfsync`, by another name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,18 +1,25 @@
-//! The sled-backed store, with group commit and an fsync that survives a power cut.
+//! The durable store: a write-ahead log for commits, sled for everything that outlives a log segment.
 //!
-//! Why the extra syncing: sled 0.34.7's `flush()` ends in `sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER)`, which
-//! pushes pages to the device but does not flush the device's write cache or the file's metadata, so a power cut can
-//! still lose a flushed write. And values too big for a segment go to `blobs/<lsn>` files that sled never syncs at
-//! all. After each sled flush the writer therefore `fdatasync`s the log file and any blob files written since the last
-//! sync (plus the blob directory, so their names survive too).
+//! Commits: callers hand batches to a channel; one writer thread drains everything waiting, appends it to the log
+//! (`wal.rs`) as one checksummed record and `fdatasync`s once, then answers every caller (group commit: under load
+//! one fsync answers hundreds of enqueues, so durable throughput grows with concurrency instead of being capped at the
+//! disk's fsync rate). That is one `write` and one `fdatasync` per commit, and no sled work on the commit path.
 //!
-//! Why one writer thread: group commit. Callers hand batches to a channel; the writer drains everything waiting,
-//! applies it as one sled batch, flushes and syncs once, then answers every caller. Under load one fsync answers
-//! hundreds of enqueues, so durable throughput grows with concurrency instead of being capped at the disk's fsync rate.
+//! Checkpoints: when a segment reaches its size limit the writer starts the next one and hands the full one to a
+//! checkpointer thread, which folds it into sled — only the last write of each key, so a job pushed and acked within
+//! one segment never reaches sled — then flushes sled, makes that flush survive a power cut, and deletes the
+//! segment. sled 0.34.7's `flush()` ends in `sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER)`, which does not flush
+//! the device's write cache or the file's metadata, and values too big for a sled segment go to `blobs/<lsn>` files
+//! that sled never syncs at all; so after each sled flush the checkpointer `fdatasync`s sled's log file and any blob
+//! files written since (plus the blob directory). Only then may the segment go. Opening the store folds whatever
+//! segments a crash left behind into sled before anything reads it, so `load` reads sled alone.
+//!
+//! Disk: the log holds at most the active segment plus [`CHECKPOINT_QUEUE`] full ones (the writer waits when the
+//! checkpointer falls that far behind), and sled holds the live records.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
@@ -21,7 +28,14 @@ use spool_core::Job;
 use tokio::sync::oneshot;
 
 use crate::codec::{self, JOB_PREFIX, QUEUE_PREFIX, SCHEDULE_PREFIX, SCHEMA_KEY, SCHEMA_VERSION};
+use crate::wal::{self, NetWrites, ReadError, RecordBuf, Segment};
 use crate::{Commit, Durability, Mutation, QueueRecord, Snapshot, Store, StoreError};
+
+/// Full log segments that may wait for the checkpointer before the writer stops taking commits.
+pub const CHECKPOINT_QUEUE: usize = 2;
+/// A group commit stops taking more batches once its record is this large, so one record never holds a huge run of
+/// large payloads that every caller in it must wait to write.
+const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
 
 /// How to open a [`SledStore`].
 #[derive(Debug, Clone)]
@@ -33,6 +47,10 @@ pub struct SledConfig {
     /// sled's page cache, in bytes. Default 64 MiB: sled's own default is 1 GiB (reported to reach ~1.4 GB of RSS), while the
     /// engine keeps its hot indexes in memory anyway and reads the store only at start-up.
     pub cache_bytes: u64,
+    /// A write-ahead log segment is checkpointed into sled once it reaches this size. Default 32 MiB: larger
+    /// segments let more short-lived jobs cancel out before sled sees them, and cost more disk and a longer
+    /// recovery after a crash.
+    pub segment_bytes: u64,
     /// The most mutations one group commit applies; more wait for the next. Default 4,096: bounds the latency the
     /// first caller in a group pays for the callers who joined after it.
     pub max_group_mutations: usize,
@@ -45,6 +63,7 @@ impl SledConfig {
             path: path.into(),
             durability: Durability::Always,
             cache_bytes: 64 * 1024 * 1024,
+            segment_bytes: 32 * 1024 * 1024,
             max_group_mutations: 4_096,
         }
     }
@@ -67,6 +86,7 @@ pub struct SledStore {
     tx: Option<Sender<Request>>,
     poison: Poison,
     writer: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Request {
@@ -103,12 +123,9 @@ impl SledStore {
             .path(&path)
             .cache_capacity(config.cache_bytes)
             .mode(sled::Mode::LowSpace)
-            // We flush (and fsync) ourselves after each group commit or interval; sled's timer flush would only add
-            // unsynced flushes. With `none` durability sled's own 500 ms flush is the whole policy.
-            .flush_every_ms(match config.durability {
-                Durability::None => Some(500),
-                _ => None,
-            })
+            // sled is written only by checkpoints, which flush (and fsync) it themselves; until a checkpoint is
+            // durable its records are in the log, so sled's timer flush would only add unsynced writes.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| open_err(e.to_string()))?;
 
@@ -142,20 +159,46 @@ impl SledStore {
             }
         }
 
-        let mut syncer = FileSyncer::new(&path).map_err(|e| open_err(e.to_string()))?;
-        db.flush().map_err(|e| open_err(e.to_string()))?;
-        syncer.sync().map_err(|e| open_err(e.to_string()))?;
-
-        let (tx, rx) = mpsc::channel();
-        let poison: Poison = Arc::default();
-        let writer = Writer {
+        let wal_dir = path.join("wal");
+        fs::create_dir_all(&wal_dir).map_err(|e| open_err(e.to_string()))?;
+        let mut checkpoint = Checkpoint {
+            syncer: FileSyncer::new(&path).map_err(|e| open_err(e.to_string()))?,
             db: db.clone(),
             path: path.clone(),
+            wal_dir: wal_dir.clone(),
+        };
+        // Recovery: fold every segment the last run left (after a crash; a clean stop leaves none) into sled, so
+        // that `load` reads one place. The newest may end in a torn write, whose callers were never answered.
+        let leftover = wal::list_segments(&wal_dir).map_err(|e| open_err(e.to_string()))?;
+        checkpoint.run(&leftover, true).map_err(|e| match e {
+            StoreError::Write { reason, .. } => open_err(reason),
+            other => other,
+        })?;
+        let segment = Segment::create(&wal_dir, leftover.last().map_or(1, |seq| seq + 1))
+            .map_err(|e| open_err(format!("cannot start a write-ahead log segment: {e}")))?;
+
+        let poison: Poison = Arc::default();
+        let (sealed_tx, sealed_rx) = mpsc::sync_channel(CHECKPOINT_QUEUE);
+        let checkpointer = {
+            let poison = poison.clone();
+            std::thread::Builder::new()
+                .name("spool-checkpoint".into())
+                .spawn(move || checkpoint.serve(sealed_rx, &poison))
+                .map_err(|e| open_err(format!("cannot start the checkpoint thread: {e}")))?
+        };
+
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            path: path.clone(),
+            wal_dir,
             durability: config.durability,
             max_group: config.max_group_mutations.max(1),
+            segment_bytes: config.segment_bytes.max(1),
             rx,
             poison: poison.clone(),
-            syncer,
+            segment,
+            sealed: sealed_tx,
+            record: RecordBuf::new(),
         };
         let writer = std::thread::Builder::new()
             .name("spool-store-writer".into())
@@ -169,6 +212,7 @@ impl SledStore {
             tx: Some(tx),
             poison,
             writer: Some(writer),
+            checkpointer: Some(checkpointer),
         })
     }
 
@@ -243,24 +287,28 @@ impl Store for SledStore {
 }
 
 impl Drop for SledStore {
-    /// Closing the channel lets the writer drain what is queued, sync once more and exit; joining it means the
-    /// process does not exit with acknowledged-but-unsynced writes under `interval` or `none`.
+    /// Closing the channel lets the writer drain what is queued, sync once more, hand its last segment to the
+    /// checkpointer and exit; joining both means the process does not exit with acknowledged-but-unsynced writes
+    /// under `interval` or `none`, and the next start has no log to replay.
     fn drop(&mut self) {
         self.tx.take();
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        for thread in [self.writer.take(), self.checkpointer.take()].into_iter().flatten() {
+            let _ = thread.join();
         }
     }
 }
 
 struct Writer {
-    db: sled::Db,
     path: PathBuf,
+    wal_dir: PathBuf,
     durability: Durability,
     max_group: usize,
+    segment_bytes: u64,
     rx: Receiver<Request>,
     poison: Poison,
-    syncer: FileSyncer,
+    segment: Segment,
+    sealed: SyncSender<u64>,
+    record: RecordBuf,
 }
 
 impl Writer {
@@ -284,7 +332,6 @@ impl Writer {
                 },
             };
 
-            let mut batch = sled::Batch::default();
             let mut mutations = 0usize;
             let mut next = first;
             while let Some(request) = next {
@@ -292,7 +339,7 @@ impl Writer {
                     Request::Write(ops, reply) => {
                         mutations += ops.len();
                         for op in ops {
-                            apply(&mut batch, op);
+                            self.record.push(op);
                         }
                         if let Some(reply) = reply {
                             waiting.push(reply);
@@ -300,7 +347,7 @@ impl Writer {
                     }
                     Request::Flush(reply) => flushes.push(reply),
                 }
-                next = if mutations < self.max_group {
+                next = if mutations < self.max_group && self.record.payload_len() < MAX_GROUP_BYTES {
                     self.rx.try_recv().ok()
                 } else {
                     None
@@ -309,7 +356,8 @@ impl Writer {
 
             let mut result = Ok(());
             if mutations > 0 {
-                result = self.db.apply_batch(batch).map_err(|e| self.write_err(e.to_string()));
+                result = self.segment.append(self.record.finish()).map_err(|e| self.write_err(e));
+                self.record.clear();
                 dirty = true;
             }
             let sync_now = !flushes.is_empty()
@@ -319,13 +367,16 @@ impl Writer {
                     Durability::None => false,
                 };
             if result.is_ok() && sync_now && dirty {
-                result = self.sync();
+                result = self.segment.sync().map_err(|e| self.write_err(e));
                 dirty = false;
                 last_sync = Instant::now();
             }
+            if result.is_ok() && self.segment.len() >= self.segment_bytes {
+                result = self.rotate();
+                dirty = false;
+            }
             if let Err(e) = &result {
-                tracing::error!(error = %e, "store write failed; refusing further writes");
-                *self.poison.lock().expect("poison lock") = Some(e.clone());
+                self.fail(e);
             }
             for reply in waiting.drain(..) {
                 let _ = reply.send(result.clone());
@@ -334,16 +385,100 @@ impl Writer {
                 let _ = reply.send(result.clone());
             }
         }
-        if dirty {
-            if let Err(e) = self.sync() {
-                tracing::error!(error = %e, "final store sync failed");
+        // Closing: the last segment goes to the checkpointer like a full one, so a clean stop leaves no log behind.
+        if let Err(e) = self.segment.sync().map_err(|e| self.write_err(e)) {
+            self.fail(&e);
+        } else if self.sealed.send(self.segment.seq).is_err() {
+            tracing::error!("the checkpointer stopped; the log will be replayed at the next start");
+        }
+    }
+
+    /// Seals the active segment (synced in full, so that damage found in it later is corruption and not a torn
+    /// write) and starts the next. Waits while the checkpointer is [`CHECKPOINT_QUEUE`] segments behind: that
+    /// backpressure is what bounds the log on disk.
+    fn rotate(&mut self) -> Result<(), StoreError> {
+        self.segment.sync().map_err(|e| self.write_err(e))?;
+        let next = Segment::create(&self.wal_dir, self.segment.seq + 1).map_err(|e| self.write_err(e))?;
+        let full = std::mem::replace(&mut self.segment, next);
+        self.sealed.send(full.seq).map_err(|_| StoreError::Write {
+            path: self.path.clone(),
+            reason: "the checkpointer stopped".into(),
+        })
+    }
+
+    fn fail(&self, e: &StoreError) {
+        tracing::error!(error = %e, "store write failed; refusing further writes");
+        *self.poison.lock().expect("poison lock") = Some(e.clone());
+    }
+
+    fn write_err(&self, e: std::io::Error) -> StoreError {
+        StoreError::Write {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Folds log segments into sled.
+struct Checkpoint {
+    db: sled::Db,
+    syncer: FileSyncer,
+    path: PathBuf,
+    wal_dir: PathBuf,
+}
+
+impl Checkpoint {
+    /// Checkpoints segments as the writer seals them, several at once when it has fallen behind (fewer sled flushes,
+    /// and more writes cancel out).
+    fn serve(mut self, sealed: Receiver<u64>, poison: &Poison) {
+        while let Ok(first) = sealed.recv() {
+            let seqs: Vec<u64> = std::iter::once(first).chain(sealed.try_iter()).collect();
+            if let Err(e) = self.run(&seqs, false) {
+                tracing::error!(error = %e, "checkpoint failed; refusing further writes");
+                *poison.lock().expect("poison lock") = Some(e);
+                return;
             }
         }
     }
 
-    fn sync(&mut self) -> Result<(), StoreError> {
+    /// Applies the net writes of `seqs` (oldest first) to sled as one batch, makes it durable, then deletes the
+    /// segments. Safe to repeat after a crash at any point: segments are deleted oldest first, only after sled holds
+    /// them durably, and re-applying a segment's last writes gives the same result.
+    fn run(&mut self, seqs: &[u64], newest_may_be_torn: bool) -> Result<(), StoreError> {
+        let mut net = NetWrites::new();
+        for (i, &seq) in seqs.iter().enumerate() {
+            let torn_ok = newest_may_be_torn && i + 1 == seqs.len();
+            wal::read_segment(&self.wal_dir, seq, torn_ok, &mut net).map_err(|e| match e {
+                ReadError::Io(e) => self.write_err(e.to_string()),
+                ReadError::Corrupt { offset, reason } => StoreError::Corrupt {
+                    path: wal::segment_path(&self.wal_dir, seq),
+                    key: format!("record at byte {offset}"),
+                    reason,
+                },
+            })?;
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in net {
+            match value {
+                Some(value) => batch.insert(key, value),
+                // Most deletes are of jobs put in the same segments, which sled never saw: skip them rather than
+                // have sled log a removal of nothing.
+                None => {
+                    if self.db.contains_key(&key).map_err(|e| self.write_err(e.to_string()))? {
+                        batch.remove(key);
+                    }
+                }
+            }
+        }
+        self.db.apply_batch(batch).map_err(|e| self.write_err(e.to_string()))?;
         self.db.flush().map_err(|e| self.write_err(e.to_string()))?;
-        self.syncer.sync().map_err(|e| self.write_err(e.to_string()))
+        self.syncer.sync().map_err(|e| self.write_err(e.to_string()))?;
+        for &seq in seqs {
+            fs::remove_file(wal::segment_path(&self.wal_dir, seq)).map_err(|e| self.write_err(e.to_string()))?;
+        }
+        File::open(&self.wal_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| self.write_err(e.to_string()))
     }
 
     fn write_err(&self, reason: String) -> StoreError {
@@ -351,18 +486,6 @@ impl Writer {
             path: self.path.clone(),
             reason,
         }
-    }
-}
-
-fn apply(batch: &mut sled::Batch, op: Mutation) {
-    match op {
-        Mutation::PutJob(job) => batch.insert(&codec::job_key(&job.id), codec::encode(&*job)),
-        Mutation::DeleteJob(id) => batch.remove(&codec::job_key(&id)),
-        Mutation::PutQueue(record) => batch.insert(codec::queue_key(record.name.as_str()), codec::encode(&record)),
-        Mutation::PutSchedule(schedule) => {
-            batch.insert(codec::schedule_key(&schedule.def.name), codec::encode(&*schedule))
-        }
-        Mutation::DeleteSchedule(name) => batch.remove(codec::schedule_key(&name)),
     }
 }
 
