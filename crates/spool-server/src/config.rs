@@ -97,6 +97,8 @@ pub struct StorageSection {
     pub cache_mb: u64,
     /// Most mutations per group commit. Default 4096.
     pub max_group_mutations: usize,
+    /// Write-ahead log segment size in MiB; a full segment is checkpointed into sled. Default 32.
+    pub wal_segment_mb: u64,
 }
 
 impl Default for StorageSection {
@@ -106,6 +108,7 @@ impl Default for StorageSection {
             interval: Duration::from_secs(1),
             cache_mb: 64,
             max_group_mutations: 4_096,
+            wal_segment_mb: 32,
         }
     }
 }
@@ -408,6 +411,9 @@ impl Config {
         if self.storage.cache_mb == 0 {
             return Err("storage.cache_mb: must be at least 1".into());
         }
+        if !(1..=1024).contains(&self.storage.wal_segment_mb) {
+            return Err("storage.wal_segment_mb: must be between 1 and 1024".into());
+        }
         if self.grpc.max_message_bytes < 1024 {
             return Err("grpc.max_message_bytes: must be at least 1024".into());
         }
@@ -466,6 +472,7 @@ impl Config {
         };
         store.cache_bytes = self.storage.cache_mb * 1024 * 1024;
         store.max_group_mutations = self.storage.max_group_mutations;
+        store.segment_bytes = self.storage.wal_segment_mb * 1024 * 1024;
         store
     }
 }

@@ -19,6 +19,7 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -36,6 +37,8 @@ pub const CHECKPOINT_QUEUE: usize = 2;
 /// A group commit stops taking more batches once its record is this large, so one record never holds a huge run of
 /// large payloads that every caller in it must wait to write.
 const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+/// Keys per sled batch in a checkpoint.
+const CHECKPOINT_BATCH: usize = 256;
 
 /// How to open a [`SledStore`].
 #[derive(Debug, Clone)]
@@ -85,6 +88,7 @@ pub struct SledStore {
     durability: Durability,
     tx: Option<Sender<Request>>,
     poison: Poison,
+    commits: Arc<AtomicU64>,
     writer: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
 }
@@ -188,7 +192,9 @@ impl SledStore {
         };
 
         let (tx, rx) = mpsc::channel();
+        let commits = Arc::new(AtomicU64::new(0));
         let writer = Writer {
+            commits: commits.clone(),
             path: path.clone(),
             wal_dir,
             durability: config.durability,
@@ -211,6 +217,7 @@ impl SledStore {
             durability: config.durability,
             tx: Some(tx),
             poison,
+            commits,
             writer: Some(writer),
             checkpointer: Some(checkpointer),
         })
@@ -219,6 +226,11 @@ impl SledStore {
     /// The configured durability.
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// Log records written so far: one per group commit, however many batches it answered.
+    pub fn group_commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     fn corrupt(&self, key: &[u8], reason: String) -> StoreError {
@@ -299,6 +311,7 @@ impl Drop for SledStore {
 }
 
 struct Writer {
+    commits: Arc<AtomicU64>,
     path: PathBuf,
     wal_dir: PathBuf,
     durability: Durability,
@@ -358,6 +371,7 @@ impl Writer {
             if mutations > 0 {
                 result = self.segment.append(self.record.finish()).map_err(|e| self.write_err(e));
                 self.record.clear();
+                self.commits.fetch_add(1, Ordering::Relaxed);
                 dirty = true;
             }
             let sync_now = !flushes.is_empty()
@@ -457,17 +471,29 @@ impl Checkpoint {
                 },
             })?;
         }
+        // Applied in small batches, not one: the checkpoint need not be atomic (the segments stay until sled holds
+        // all of them durably, and replaying them is idempotent), and sled holds a whole batch, and the garbage it
+        // leaves, in memory until the batch ends.
         let mut batch = sled::Batch::default();
+        let mut in_batch = 0usize;
         for (key, value) in net {
             match value {
                 Some(value) => batch.insert(key, value),
                 // Most deletes are of jobs put in the same segments, which sled never saw: skip them rather than
                 // have sled log a removal of nothing.
                 None => {
-                    if self.db.contains_key(&key).map_err(|e| self.write_err(e.to_string()))? {
-                        batch.remove(key);
+                    if !self.db.contains_key(&key).map_err(|e| self.write_err(e.to_string()))? {
+                        continue;
                     }
+                    batch.remove(key);
                 }
+            }
+            in_batch += 1;
+            if in_batch == CHECKPOINT_BATCH {
+                self.db
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(|e| self.write_err(e.to_string()))?;
+                in_batch = 0;
             }
         }
         self.db.apply_batch(batch).map_err(|e| self.write_err(e.to_string()))?;
