@@ -70,6 +70,39 @@ pub enum ReserveOrder {
 }
 
 /// A reservation request.
+/// The result of a write already applied to the broker's state, with the commit that makes it durable. The state
+/// (and every other client) sees the write at once; whoever answers the client that asked for it must wait for
+/// [`Applied::durable`] first, or "nothing lost" is broken.
+#[derive(Debug)]
+#[must_use = "a write's reply must wait for its commit"]
+pub struct Applied<T> {
+    value: T,
+    commit: Option<Commit>,
+}
+
+impl<T> Applied<T> {
+    /// A result with no write to wait for.
+    pub fn done(value: T) -> Self {
+        Applied { value, commit: None }
+    }
+
+    /// Waits until the write is durable as configured, then yields its result; a storage failure fails it.
+    pub async fn durable(self) -> Result<T, SpoolError> {
+        if let Some(commit) = self.commit {
+            commit.await.map_err(storage_error)?;
+        }
+        Ok(self.value)
+    }
+
+    /// Transforms the result, keeping the commit it waits for.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Applied<U> {
+        Applied {
+            value: f(self.value),
+            commit: self.commit,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ReserveRequest {
     /// Queues to take from.
@@ -247,21 +280,25 @@ impl Broker {
         (out, commit)
     }
 
-    /// Like [`Broker::apply`] for operations that change durable state: refuses during shutdown, and answers only
-    /// after the writes are committed.
+    /// Like [`Broker::apply`] for operations that change durable state: refuses during shutdown, and returns the
+    /// result with the commit it must wait for.
+    fn write_applied<T>(
+        &self,
+        op: impl FnOnce(&mut State, TimestampMs, &mut Effects) -> Result<T, SpoolError>,
+    ) -> Result<Applied<T>, SpoolError> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(SpoolError::new(ErrorCode::ShuttingDown, "the broker is shutting down"));
+        }
+        let (value, commit) = self.apply(op);
+        Ok(Applied { value: value?, commit })
+    }
+
+    /// [`Broker::write_applied`], answering only after the writes are committed.
     async fn write<T>(
         &self,
         op: impl FnOnce(&mut State, TimestampMs, &mut Effects) -> Result<T, SpoolError>,
     ) -> Result<T, SpoolError> {
-        if self.inner.shutting_down.load(Ordering::Acquire) {
-            return Err(SpoolError::new(ErrorCode::ShuttingDown, "the broker is shutting down"));
-        }
-        let (out, commit) = self.apply(op);
-        let out = out?;
-        if let Some(commit) = commit {
-            commit.await.map_err(storage_error)?;
-        }
-        Ok(out)
+        self.write_applied(op)?.durable().await
     }
 
     /// Enqueues one job; answers once it is durable.
@@ -273,49 +310,40 @@ impl Broker {
     /// Enqueues jobs atomically (all or none); answers once they are durable. A job whose unique key is held
     /// returns the holder's id with `duplicate` set — and that answer too waits until the holder is durable.
     pub async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, SpoolError> {
+        self.apply_enqueue_batch(jobs)?.durable().await
+    }
+
+    /// [`Broker::enqueue_batch`] without the wait: the jobs are in the state (and may be handed out) at once, and
+    /// the producer must not hear OK before [`Applied::durable`] says so. A door that pipelines uses this to put a
+    /// client's whole pipeline into one group commit.
+    pub fn apply_enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Applied<Vec<Enqueued>>, SpoolError> {
         if jobs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Applied::done(Vec::new()));
         }
-        // The duplicate check reads the result rather than a flag set inside the closure: a `Cell` held across the
-        // await would make this future `!Send`, and every door runs it in a spawned task.
-        let out = self.write(|state, now, fx| state.enqueue(now, jobs, fx)).await?;
-        if out.iter().any(|e| e.duplicate) {
-            // An empty batch commits after every batch before it, including the holder's own enqueue.
-            self.inner.store.submit(Vec::new()).await.map_err(storage_error)?;
+        let mut applied = self.write_applied(|state, now, fx| state.enqueue(now, jobs, fx))?;
+        if applied.value.iter().any(|e| e.duplicate) {
+            // The holder's enqueue may still be in flight. An empty batch commits after every batch before it,
+            // including that one, so waiting for it covers both.
+            applied.commit = Some(self.inner.store.submit(Vec::new()));
         }
-        Ok(out)
+        Ok(applied)
+    }
+
+    /// Enqueues jobs (all to `queue`) like [`Broker::apply_enqueue_batch`] and returns the queue's ready length
+    /// after them, read under the same lock: the reply of a Redis `LPUSH`.
+    pub fn apply_push(&self, queue: &str, jobs: Vec<NewJob>) -> Result<Applied<u64>, SpoolError> {
+        let applied = self.write_applied(|state, now, fx| {
+            state.enqueue(now, jobs, fx)?;
+            let name = state.known_queue(queue)?;
+            Ok(state.queue_stats(now, &name).map_or(0, |s| s.ready))
+        })?;
+        Ok(applied)
     }
 
     /// Leases (or pops) up to `count` jobs from the queues, waiting up to `timeout` for the first one. Returns an
     /// empty list on timeout or shutdown.
     pub async fn reserve(&self, req: ReserveRequest) -> Result<Vec<Job>, SpoolError> {
-        let (queues, max_batch) = {
-            let locked = self.lock();
-            let queues = req
-                .queues
-                .iter()
-                .map(|q| locked.state.lookup_queue(q))
-                .collect::<Result<Vec<_>, _>>()?;
-            (queues, locked.state.max_batch())
-        };
-        if queues.is_empty() {
-            return Err(SpoolError::invalid("reserve needs at least one queue"));
-        }
-        if req.count == 0 || req.count > max_batch {
-            return Err(SpoolError::invalid(format!(
-                "count must be between 1 and {max_batch}, got {}",
-                req.count
-            )));
-        }
-        if let ReserveOrder::Weighted(w) = &req.order {
-            if w.len() != queues.len() {
-                return Err(SpoolError::invalid(format!(
-                    "{} weights given for {} queues",
-                    w.len(),
-                    queues.len()
-                )));
-            }
-        }
+        let queues = self.reserve_queues(&req)?;
         let lease = req.delivery == Delivery::Lease;
         let deadline = tokio::time::Instant::now() + req.timeout;
         loop {
@@ -356,6 +384,51 @@ impl Broker {
         }
     }
 
+    /// Pops up to `req.count` jobs without waiting for one (`req.timeout` is ignored) or for the commit of their
+    /// deletion (see [`Broker::apply_enqueue_batch`]): a popped job exists nowhere else, so its payload must not be
+    /// handed over before [`Applied::durable`].
+    pub fn apply_pop(&self, req: ReserveRequest) -> Result<Applied<Vec<Job>>, SpoolError> {
+        let queues = self.reserve_queues(&req)?;
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Ok(Applied::done(Vec::new()));
+        }
+        let (value, commit) =
+            self.apply(|state, now, fx| state.reserve(now, &queues, &req.order, req.end, false, req.count, fx));
+        Ok(Applied { value, commit })
+    }
+
+    /// Checks a reservation's queues, count and weights; returns the queues' names.
+    fn reserve_queues(&self, req: &ReserveRequest) -> Result<Vec<QueueName>, SpoolError> {
+        let (queues, max_batch) = {
+            let locked = self.lock();
+            let queues = req
+                .queues
+                .iter()
+                .map(|q| locked.state.lookup_queue(q))
+                .collect::<Result<Vec<_>, _>>()?;
+            (queues, locked.state.max_batch())
+        };
+        if queues.is_empty() {
+            return Err(SpoolError::invalid("reserve needs at least one queue"));
+        }
+        if req.count == 0 || req.count > max_batch {
+            return Err(SpoolError::invalid(format!(
+                "count must be between 1 and {max_batch}, got {}",
+                req.count
+            )));
+        }
+        if let ReserveOrder::Weighted(w) = &req.order {
+            if w.len() != queues.len() {
+                return Err(SpoolError::invalid(format!(
+                    "{} weights given for {} queues",
+                    w.len(),
+                    queues.len()
+                )));
+            }
+        }
+        Ok(queues)
+    }
+
     /// Completes a leased job; answers once the completion is durable, so an acked job never comes back.
     pub async fn ack(&self, id: JobId, token: u64) -> Result<(), SpoolError> {
         self.write(|state, _, fx| state.ack(&id, token, fx)).await
@@ -363,8 +436,12 @@ impl Broker {
 
     /// Completes many leased jobs with one commit; each gets its own result (a stale token fails only that job).
     pub async fn ack_many(&self, acks: &[(JobId, u64)]) -> Result<Vec<Result<(), SpoolError>>, SpoolError> {
-        self.write(|state, _, fx| Ok(acks.iter().map(|(id, token)| state.ack(id, *token, fx)).collect()))
-            .await
+        self.apply_ack_many(acks)?.durable().await
+    }
+
+    /// [`Broker::ack_many`] without the wait (see [`Broker::apply_enqueue_batch`]).
+    pub fn apply_ack_many(&self, acks: &[(JobId, u64)]) -> Result<Applied<Vec<Result<(), SpoolError>>>, SpoolError> {
+        self.write_applied(|state, _, fx| Ok(acks.iter().map(|(id, token)| state.ack(id, *token, fx)).collect()))
     }
 
     /// Fails a leased job (retry with backoff, retry after a delay, or dead-letter).

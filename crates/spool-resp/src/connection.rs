@@ -45,8 +45,7 @@ impl Connection {
     /// flushed before waiting on the socket, so pipelined requests are answered in one write.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
         loop {
-            if let Some((frame, used)) = frame::parse(&self.buffer, &self.limits)? {
-                self.buffer.advance(used);
+            if let Some(frame) = self.buffered_frame()? {
                 return Ok(Some(frame));
             }
             self.stream.flush().await?;
@@ -58,6 +57,16 @@ impl Connection {
                 };
             }
         }
+    }
+
+    /// The next request if the client has already sent all of it, without touching the socket: how the connection
+    /// finds out that more of a pipeline is waiting.
+    pub fn buffered_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        let Some((frame, used)) = frame::parse(&self.buffer, &self.limits)? else {
+            return Ok(None);
+        };
+        self.buffer.advance(used);
+        Ok(Some(frame))
     }
 
     /// Resolves when the peer closes the connection (or the socket fails). Bytes that arrive meanwhile — requests

@@ -1,6 +1,7 @@
 //! The accept loop and the per-connection handler: read a request, check authentication and transactions, apply the
 //! command, write the reply.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use spool_engine::Broker;
+use spool_engine::{Applied, Broker};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -19,6 +20,10 @@ use crate::connection::{Connection, ReadError};
 use crate::frame::{Frame, Limits, Proto, ProtocolError};
 use crate::parse::CommandError;
 use crate::RespConfig;
+
+/// Replies a connection holds back while it applies more of the client's pipeline; past this, it waits for their
+/// commits and writes them before reading on, which bounds what one client's pipeline holds in memory.
+const MAX_PENDING_REPLIES: usize = 256;
 
 /// What every connection of one listener shares.
 #[derive(Debug)]
@@ -186,13 +191,34 @@ async fn handle(shared: &Shared, socket: TcpStream, addr: SocketAddr, limits: Li
         connected_at: Instant::now(),
     };
     let mut txn: Option<Transaction> = None;
+    // Replies not yet written, in request order, each with the commit it waits for (see `drain`).
+    let mut pending = VecDeque::new();
     tracing::debug!(client = session.id, %addr, "RESP client connected");
     loop {
-        let read = tokio::select! {
-            // A request already buffered is served before a shutdown is noticed: it was sent before we stopped.
-            biased;
-            read = read_request(&mut conn, shared.config.idle_timeout) => read,
-            _ = stop.wait_for(|stopped| *stopped) => break,
+        // Apply every request the client has already pipelined before waiting for any commit: their writes then
+        // share a group commit (one fsync) instead of taking one each.
+        let buffered = if pending.len() < MAX_PENDING_REPLIES {
+            conn.buffered_frame()
+        } else {
+            Ok(None)
+        };
+        let read = match buffered {
+            Ok(Some(frame)) => Ok(Some(frame)),
+            buffered => {
+                if drain(&mut conn, &mut pending).await.is_err() {
+                    break;
+                }
+                match buffered {
+                    Err(e) => Err(ReadError::Protocol(e)),
+                    Ok(_) => tokio::select! {
+                        // A request already buffered is served before a shutdown is noticed: it was sent before we
+                        // stopped.
+                        biased;
+                        read = read_request(&mut conn, shared.config.idle_timeout) => read,
+                        _ = stop.wait_for(|stopped| *stopped) => break,
+                    },
+                }
+            }
         };
         let frame = match read {
             Ok(Some(frame)) => frame,
@@ -215,26 +241,41 @@ async fn handle(shared: &Shared, socket: TcpStream, addr: SocketAddr, limits: Li
             Ok(args) if args.is_empty() => continue,
             Ok(args) => args,
             Err(e) => {
-                let _ = conn.write_frame(&Frame::Error(format!("ERR {e}"))).await;
-                let _ = conn.flush().await;
+                if drain(&mut conn, &mut pending).await.is_ok() {
+                    let _ = conn.write_frame(&Frame::Error(format!("ERR {e}"))).await;
+                    let _ = conn.flush().await;
+                }
                 break;
             }
         };
         shared.commands_total.fetch_add(1, Ordering::Relaxed);
-        let (reply, next) = run(shared, &mut session, &mut txn, &mut conn, &mut stop, args).await;
+        let (reply, next) = run(shared, &mut session, &mut txn, &mut conn, &mut pending, &mut stop, args).await;
         let Some(reply) = reply else { break };
         conn.proto = session.proto;
-        if conn.write_frame(&reply).await.is_err() {
-            break;
-        }
+        pending.push_back(reply);
         // After shutdown began, the command just answered was the last one: pipelined requests behind it are not
         // started, so the listener can finish promptly.
         if matches!(next, Next::Close) || *stop.borrow() {
-            let _ = conn.flush().await;
+            if drain(&mut conn, &mut pending).await.is_ok() {
+                let _ = conn.flush().await;
+            }
             break;
         }
     }
     tracing::debug!(client = session.id, "RESP client disconnected");
+}
+
+/// Writes the waiting replies in order, each once its write is durable (a failed commit turns its reply into an
+/// error). Dropping a reply instead — the client left — does not cancel its write.
+async fn drain(conn: &mut Connection, pending: &mut VecDeque<Applied<Frame>>) -> std::io::Result<()> {
+    while let Some(reply) = pending.pop_front() {
+        let frame = reply
+            .durable()
+            .await
+            .unwrap_or_else(|e| CommandError::from(e).to_frame());
+        conn.write_frame(&frame).await?;
+    }
+    Ok(())
 }
 
 /// Reads the next request, giving up after the idle timeout (a close, as Redis's `timeout` does).
@@ -245,16 +286,20 @@ async fn read_request(conn: &mut Connection, idle: Option<Duration>) -> Result<O
     }
 }
 
-/// Runs one request. `None` as the reply means the peer is gone and nothing should be written.
+/// Runs one request. `None` as the reply means the peer is gone and nothing should be written. A command with a
+/// deferred form returns its reply still waiting for its commit; any other command first writes the replies waiting
+/// in `pending`, so that a client is not kept from them while this one blocks or waits.
 async fn run(
     shared: &Shared,
     session: &mut Session,
     txn: &mut Option<Transaction>,
     conn: &mut Connection,
+    pending: &mut VecDeque<Applied<Frame>>,
     stop: &mut watch::Receiver<bool>,
     args: Vec<Bytes>,
-) -> (Option<Frame>, Next) {
-    let reply = |r: Result<Frame, CommandError>| (Some(r.unwrap_or_else(|e| e.to_frame())), Next::Continue);
+) -> (Option<Applied<Frame>>, Next) {
+    let reply =
+        |r: Result<Frame, CommandError>| (Some(Applied::done(r.unwrap_or_else(|e| e.to_frame()))), Next::Continue);
     let (command, spec) = match Command::from_args(args) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -270,8 +315,22 @@ async fn run(
         }
         return reply(Err(CommandError::NoAuth));
     }
+    if txn.is_none() && command.defers() {
+        let mut ctx = Ctx {
+            shared,
+            session,
+            may_block: false,
+        };
+        return match command.apply_deferred(&mut ctx) {
+            Ok(applied) => (Some(applied), Next::Continue),
+            Err(e) => reply(Err(e)),
+        };
+    }
+    if drain(conn, pending).await.is_err() {
+        return (None, Next::Close);
+    }
     match (command, txn.as_mut()) {
-        (Command::Quit, _) => (Some(Frame::ok()), Next::Close),
+        (Command::Quit, _) => (Some(Applied::done(Frame::ok())), Next::Close),
         (Command::Multi, Some(_)) => reply(Err(CommandError::Other("ERR MULTI calls can not be nested".into()))),
         (Command::Multi, None) => {
             *txn = Some(Transaction {
@@ -322,7 +381,7 @@ async fn run(
                 // The peer left while waiting: dropping the wait takes nothing from the queue, so no job is lost.
                 _ = conn.closed() => (None, Next::Close),
                 _ = stop.wait_for(|stopped| *stopped) => (
-                    Some(Frame::Error("SHUTDOWN the server is shutting down".into())),
+                    Some(Applied::done(Frame::Error("SHUTDOWN the server is shutting down".into()))),
                     Next::Close,
                 ),
             }

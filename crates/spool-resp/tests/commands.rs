@@ -6,8 +6,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use redis::{AsyncCommands, Value};
+use spool_core::SystemClock;
+use spool_engine::{Broker, EngineConfig};
 use spool_resp::RespConfig;
+use spool_store::{SledConfig, SledStore};
 
 type Fields = HashMap<String, Value>;
 
@@ -454,5 +459,51 @@ async fn shutdown_cuts_blocked_clients_short_and_returns() -> anyhow::Result<()>
     server.stop().await;
     assert_eq!(raw.line().await, "-SHUTDOWN the server is shutting down");
     assert!(raw.closed().await);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pipeline_shares_group_commits_and_keeps_reply_order() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(SledStore::open(SledConfig::new(dir.path()))?);
+    let broker = Broker::open(store.clone(), Arc::new(SystemClock), EngineConfig::default())?;
+    let server = common::start_with(broker, RespConfig::default()).await;
+    let mut raw = server.raw().await;
+
+    // 64 pushes in one write: each waited for its own commit before the next was read, this would take 64 commits.
+    const PUSHES: usize = 64;
+    let before = store.group_commits();
+    raw.send(&b"LPUSH p x\r\n".repeat(PUSHES)).await;
+    for n in 1..=PUSHES {
+        assert_eq!(raw.line().await, format!(":{n}"), "replies come in request order");
+    }
+    let commits = store.group_commits() - before;
+    assert!(
+        commits < PUSHES as u64 / 4,
+        "{PUSHES} pipelined pushes took {commits} group commits"
+    );
+
+    // Deferred writes, immediate reads, errors and a protocol switch interleaved: every reply in order, each in the
+    // protocol in force when its command ran.
+    raw.send(
+        b"JOB.PUSH q a\r\nLLEN q\r\nRPOP q\r\nJOB.ACK 00000000-0000-7000-8000-000000000000 1\r\nRPOP q\r\n\
+          HELLO 3\r\nRPOP q\r\nRPOP p 2\r\nPING\r\n",
+    )
+    .await;
+    assert_eq!(raw.reply().await, "$36", "JOB.PUSH answers the id");
+    assert_eq!(raw.reply().await, ":1");
+    assert_eq!(raw.line().await, "$1");
+    assert_eq!(raw.line().await, "a");
+    assert!(
+        raw.reply().await.starts_with("-NOTFOUND"),
+        "a bad ack is an error in its place"
+    );
+    assert_eq!(raw.reply().await, "$-1", "RESP2 null for an empty pop");
+    assert!(raw.reply().await.starts_with('%'), "HELLO 3 answers a map");
+    assert_eq!(raw.reply().await, "_", "RESP3 null after HELLO 3");
+    assert_eq!(raw.reply().await, "*2", "RPOP p 2 pops two");
+    assert_eq!(raw.reply().await, "+PONG");
+    assert_eq!(server.broker.queue_stats("p")?.ready, PUSHES as u64 - 2);
+    server.stop().await;
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use spool_core::{Job, JobId, JobOptions, Priority};
-use spool_engine::{End, NackAction, NewJob, ReserveOrder, ReserveRequest};
+use spool_engine::{Applied, End, NackAction, NewJob, ReserveOrder, ReserveRequest};
 
 use super::Ctx;
 use crate::frame::Frame;
@@ -206,18 +206,43 @@ impl JobCmd {
         matches!(self, JobCmd::Fetch(req) if !req.timeout.is_zero())
     }
 
+    /// Pushes and acks: see [`super::Command::defers`].
+    pub fn defers(&self) -> bool {
+        matches!(self, JobCmd::Push(_) | JobCmd::PushMany(_) | JobCmd::Ack(_))
+    }
+
+    pub fn apply_deferred(self, ctx: &mut Ctx<'_>) -> Result<Applied<Frame>, CommandError> {
+        let broker = &ctx.shared.broker;
+        Ok(match self {
+            JobCmd::Push(job) => broker
+                .apply_enqueue_batch(vec![job])?
+                .map(|out| Frame::text(out[0].id.to_string())),
+            JobCmd::PushMany(jobs) => broker
+                .apply_enqueue_batch(jobs)?
+                .map(|out| Frame::Array(out.iter().map(|e| Frame::text(e.id.to_string())).collect())),
+            // One id: a plain reply, or the error (a stale token) as the command's error.
+            JobCmd::Ack(acks) if acks.len() == 1 => broker.apply_ack_many(&acks)?.map(|mut out| {
+                out.pop()
+                    .expect("one ack, one result")
+                    .map_or_else(|e| CommandError::from(e).to_frame(), |()| Frame::ok())
+            }),
+            JobCmd::Ack(acks) => broker.apply_ack_many(&acks)?.map(|out| {
+                Frame::Array(
+                    out.into_iter()
+                        .map(|r| r.map_or_else(|e| CommandError::from(e).to_frame(), |()| Frame::ok()))
+                        .collect(),
+                )
+            }),
+            _ => unreachable!("{self:?} has no deferred form"),
+        })
+    }
+
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Frame, CommandError> {
         let broker = &ctx.shared.broker;
         match self {
-            JobCmd::Push(job) => Ok(Frame::text(broker.enqueue(job).await?.id.to_string())),
-            JobCmd::PushMany(jobs) => Ok(Frame::Array(
-                broker
-                    .enqueue_batch(jobs)
-                    .await?
-                    .iter()
-                    .map(|e| Frame::text(e.id.to_string()))
-                    .collect(),
-            )),
+            JobCmd::Push(_) | JobCmd::PushMany(_) | JobCmd::Ack(_) => {
+                unreachable!("Command::apply applies {self:?} through its deferred form")
+            }
             JobCmd::Fetch(mut req) => {
                 if !ctx.may_block {
                     req.timeout = Duration::ZERO;
@@ -226,19 +251,6 @@ impl JobCmd {
                     broker.reserve(req).await?.into_iter().map(fetched).collect(),
                 ))
             }
-            JobCmd::Ack(acks) if acks.len() == 1 => {
-                let (id, token) = acks[0];
-                broker.ack(id, token).await?;
-                Ok(Frame::ok())
-            }
-            JobCmd::Ack(acks) => Ok(Frame::Array(
-                broker
-                    .ack_many(&acks)
-                    .await?
-                    .into_iter()
-                    .map(|r| r.map_or_else(|e| CommandError::from(e).to_frame(), |()| Frame::ok()))
-                    .collect(),
-            )),
             JobCmd::Nack {
                 id,
                 token,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use spool_core::ErrorCode;
-use spool_engine::{Delivery, End, NewJob, ReserveRequest};
+use spool_engine::{Applied, Delivery, End, NewJob, ReserveRequest};
 
 use super::queue::count;
 use super::Ctx;
@@ -118,9 +118,14 @@ impl ListCmd {
         matches!(self, ListCmd::BlockingPop { .. })
     }
 
-    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Frame, CommandError> {
+    /// Pushes and non-blocking pops: see [`super::Command::defers`].
+    pub fn defers(&self) -> bool {
+        matches!(self, ListCmd::Push { .. } | ListCmd::Pop { .. })
+    }
+
+    pub fn apply_deferred(self, ctx: &mut Ctx<'_>) -> Result<Applied<Frame>, CommandError> {
         let broker = &ctx.shared.broker;
-        match self {
+        Ok(match self {
             ListCmd::Push { queue, payloads, end } => {
                 let jobs = payloads
                     .into_iter()
@@ -131,22 +136,30 @@ impl ListCmd {
                         position: end,
                     })
                     .collect();
-                broker.enqueue_batch(jobs).await?;
-                Ok(Frame::Integer(count(broker.queue_stats(&queue)?.ready)))
+                broker.apply_push(&queue, jobs)?.map(|len| Frame::Integer(count(len)))
             }
-            ListCmd::Pop { count: Some(0), .. } => Ok(Frame::Array(Vec::new())),
+            ListCmd::Pop { count: Some(0), .. } => Applied::done(Frame::Array(Vec::new())),
             ListCmd::Pop { queue, count, end } => {
                 let req = ReserveRequest {
                     delivery: Delivery::Pop,
                     end,
                     ..ReserveRequest::new(vec![queue], count.unwrap_or(1), Duration::ZERO)
                 };
-                let mut jobs = broker.reserve(req).await?;
-                Ok(match count {
+                broker.apply_pop(req)?.map(|mut jobs| match count {
                     None => jobs.pop().map_or(Frame::Null, |j| Frame::Bulk(j.payload.into())),
                     Some(_) if jobs.is_empty() => Frame::NullArray,
                     Some(_) => Frame::Array(jobs.into_iter().map(|j| Frame::Bulk(j.payload.into())).collect()),
                 })
+            }
+            _ => unreachable!("{self:?} has no deferred form"),
+        })
+    }
+
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Frame, CommandError> {
+        let broker = &ctx.shared.broker;
+        match self {
+            ListCmd::Push { .. } | ListCmd::Pop { .. } => {
+                unreachable!("Command::apply applies {self:?} through its deferred form")
             }
             ListCmd::BlockingPop { queues, timeout, end } => {
                 let req = ReserveRequest {

@@ -9,6 +9,7 @@ pub(crate) mod queue;
 pub(crate) mod schedule;
 
 use bytes::Bytes;
+use spool_engine::Applied;
 
 use crate::frame::Frame;
 use crate::parse::{CommandError, Parse};
@@ -199,8 +200,31 @@ impl Command {
         }
     }
 
+    /// Whether the command has a deferred form ([`Command::apply_deferred`]): the hot writes a client pipelines in
+    /// bulk (pushes, pops, acks).
+    pub fn defers(&self) -> bool {
+        match self {
+            Command::Job(cmd) => cmd.defers(),
+            Command::List(cmd) => cmd.defers(),
+            _ => false,
+        }
+    }
+
+    /// Applies a command that [`Command::defers`] and returns its reply with the commit it must wait for, so the
+    /// connection can apply the rest of a pipeline before waiting: one group commit then covers all of it.
+    pub fn apply_deferred(self, ctx: &mut Ctx<'_>) -> Result<Applied<Frame>, CommandError> {
+        match self {
+            Command::Job(cmd) => cmd.apply_deferred(ctx),
+            Command::List(cmd) => cmd.apply_deferred(ctx),
+            _ => unreachable!("{self:?} has no deferred form"),
+        }
+    }
+
     /// Runs a command of a family module. Transaction control and `QUIT` belong to the connection handler.
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Frame, CommandError> {
+        if self.defers() {
+            return Ok(self.apply_deferred(ctx)?.durable().await?);
+        }
         match self {
             Command::Conn(cmd) => cmd.apply(ctx).await,
             Command::Job(cmd) => cmd.apply(ctx).await,

@@ -93,6 +93,29 @@ impl Raw {
         line.trim_end_matches("\r\n").to_string()
     }
 
+    /// One whole reply, however nested; returns its first line (the header, or the whole of a simple reply).
+    pub async fn reply(&mut self) -> String {
+        let head = self.line().await;
+        let n = head.get(1..).and_then(|n| n.parse::<i64>().ok()).unwrap_or(0);
+        match head.as_bytes().first() {
+            Some(b'$' | b'=' | b'!') if n >= 0 => {
+                self.bytes(n as usize + 2).await;
+            }
+            Some(b'*' | b'~' | b'>') => {
+                for _ in 0..n {
+                    Box::pin(self.reply()).await;
+                }
+            }
+            Some(b'%') => {
+                for _ in 0..2 * n {
+                    Box::pin(self.reply()).await;
+                }
+            }
+            _ => {}
+        }
+        head
+    }
+
     /// Exactly `n` bytes.
     pub async fn bytes(&mut self, n: usize) -> Vec<u8> {
         let mut buf = vec![0; n];
