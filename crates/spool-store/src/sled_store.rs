@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use spool_core::Job;
 use tokio::sync::oneshot;
@@ -37,6 +37,8 @@ pub const CHECKPOINT_QUEUE: usize = 2;
 /// A group commit stops taking more batches once its record is this large, so one record never holds a huge run of
 /// large payloads that every caller in it must wait to write.
 const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+/// How long a group commit waits, at most, for as many callers as the previous one answered.
+const GATHER_WINDOW: Duration = Duration::from_micros(200);
 /// Keys per sled batch in a checkpoint.
 const CHECKPOINT_BATCH: usize = 256;
 
@@ -327,6 +329,7 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let mut dirty = false;
+        let mut last_group = 0;
         let mut last_sync = Instant::now();
         let mut waiting = Vec::new();
         let mut flushes = Vec::new();
@@ -347,6 +350,7 @@ impl Writer {
 
             let mut mutations = 0usize;
             let mut next = first;
+            let mut gathered = false;
             while let Some(request) = next {
                 match request {
                     Request::Write(ops, reply) => {
@@ -361,11 +365,23 @@ impl Writer {
                     Request::Flush(reply) => flushes.push(reply),
                 }
                 next = if mutations < self.max_group && self.record.payload_len() < MAX_GROUP_BYTES {
-                    self.rx.try_recv().ok()
+                    match self.rx.try_recv() {
+                        Ok(request) => Some(request),
+                        // Callers answered by the last commit are likely to come straight back: waiting a moment for
+                        // them turns a trickle of small commits (each an fsync) into fewer large ones. One sleep, not
+                        // a wait on the channel, so that each arrival does not wake this thread.
+                        Err(_) if self.durability == Durability::Always && !gathered && waiting.len() < last_group => {
+                            gathered = true;
+                            std::thread::sleep(GATHER_WINDOW);
+                            self.rx.try_recv().ok()
+                        }
+                        Err(_) => None,
+                    }
                 } else {
                     None
                 };
             }
+            last_group = waiting.len();
 
             let mut result = Ok(());
             if mutations > 0 {
