@@ -56,9 +56,15 @@ fn main() -> Result<()> {
     }
 }
 
-/// Opens the store with the daemon's defaults (durability `always`).
+/// Opens the store with the daemon's defaults (durability `always`), except for the write-ahead log's segment size
+/// when `SPOOL_TORTURE_SEGMENT_BYTES` is set: the crash test makes it small so that kills land while segments are
+/// being sealed and checkpointed into sled, not only while the log is appended to.
 fn open_store(dir: PathBuf) -> Result<Arc<SledStore>> {
-    let store = SledStore::open(SledConfig::new(&dir)).with_context(|| format!("opening {}", dir.display()))?;
+    let mut config = SledConfig::new(&dir);
+    if let Ok(bytes) = std::env::var("SPOOL_TORTURE_SEGMENT_BYTES") {
+        config.segment_bytes = bytes.parse().context("SPOOL_TORTURE_SEGMENT_BYTES")?;
+    }
+    let store = SledStore::open(config).with_context(|| format!("opening {}", dir.display()))?;
     Ok(Arc::new(store))
 }
 

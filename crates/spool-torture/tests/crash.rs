@@ -20,6 +20,9 @@ use rand::Rng;
 
 const BIN: &str = env!("CARGO_BIN_EXE_spool-torture");
 const ROUNDS: usize = 8;
+/// The producer's write-ahead log segments (the daemon's default is 32 MiB): at 256 KiB a round seals and checkpoints
+/// dozens of them, so kills land in every stage of a checkpoint (sealing, folding into sled, deleting the segment).
+const SEGMENT_BYTES: u64 = 256 * 1024;
 /// How long a round may take to show every kind of event before the producer counts as stuck. Generous, because the
 /// machine is shared; a healthy producer shows them all within a second.
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -168,6 +171,7 @@ fn run_and_kill(data: &Path, delay: Duration) -> (HashMap<String, Seen>, usize) 
     let mut child = Command::new(BIN)
         .arg("produce")
         .arg(data)
+        .env("SPOOL_TORTURE_SEGMENT_BYTES", SEGMENT_BYTES.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
