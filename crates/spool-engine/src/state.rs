@@ -25,9 +25,6 @@ use crate::{DeadSelector, End, NackAction, QueueStats, ReserveOrder};
 #[derive(Debug, Default)]
 struct ReadySet {
     by_priority: [BTreeMap<u64, JobId>; 10],
-    /// The same jobs by when they entered the queue. Age cannot be read off the sequence: a job pushed to the front
-    /// of the line (`End::Next`) has the lowest sequence number but may be the newest job waiting.
-    by_age: BTreeSet<(TimestampMs, JobId)>,
     len: usize,
 }
 
@@ -37,14 +34,12 @@ impl ReadySet {
             .insert(job.seq, job.id)
             .is_none()
         {
-            self.by_age.insert((job.enqueued_at, job.id));
             self.len += 1;
         }
     }
 
     fn remove(&mut self, job: &Job) {
         if self.by_priority[job.priority.get() as usize].remove(&job.seq).is_some() {
-            self.by_age.remove(&(job.enqueued_at, job.id));
             self.len -= 1;
         }
     }
@@ -64,9 +59,16 @@ impl ReadySet {
             .find_map(|fifo| fifo.values().next_back().copied())
     }
 
-    /// The job that has waited longest, whatever its priority.
-    fn oldest(&self) -> Option<JobId> {
-        self.by_age.first().map(|(_, id)| *id)
+    /// The jobs among which is the one that has waited longest, whatever its priority. No index by age is needed
+    /// (it would cost a tree entry per ready job): jobs entering at the back get growing sequence numbers above
+    /// [`SEQ_ORIGIN`] as time passes, jobs pushed to the front get falling ones below it, so in each priority's FIFO
+    /// the longest-waiting job is the first of the back part or the last of the front part.
+    fn oldest_candidates(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.by_priority.iter().flat_map(|fifo| {
+            let back = fifo.range(SEQ_ORIGIN..).next();
+            let front = fifo.range(..SEQ_ORIGIN).next_back();
+            back.into_iter().chain(front).map(|(_, id)| *id)
+        })
     }
 
     /// Jobs in reservation order, from `end`.
@@ -142,7 +144,9 @@ pub struct Enqueued {
 #[derive(Debug)]
 pub(crate) struct State {
     config: EngineConfig,
-    jobs: HashMap<JobId, Job>,
+    /// Boxed: hashbrown rounds its table up to a power of two of slots, each the size of an entry, so unboxed
+    /// 300-byte jobs would cost up to twice that per job in empty slots (~650 MB of table for a million jobs).
+    jobs: HashMap<JobId, Box<Job>>,
     queues: BTreeMap<QueueName, Queue>,
     /// (due time, job): scheduled/retry jobs at `run_at`, leased jobs at lease end, ready jobs at `expires_at`.
     timers: BTreeSet<(TimestampMs, JobId)>,
@@ -229,7 +233,7 @@ impl State {
             }
             state.queue_mut_or_create(&job.queue);
             state.index(&job);
-            state.jobs.insert(job.id, job);
+            state.jobs.insert(job.id, Box::new(job));
         }
         state
     }
@@ -303,14 +307,14 @@ impl State {
     }
 
     /// Takes a job out of every index and the map (to change or delete it).
-    fn take(&mut self, id: &JobId) -> Option<Job> {
+    fn take(&mut self, id: &JobId) -> Option<Box<Job>> {
         let job = self.jobs.remove(id)?;
         self.unindex(&job);
         Some(job)
     }
 
     /// Puts a changed job back, noting a newly ready one.
-    fn put(&mut self, job: Job, fx: &mut Effects) {
+    fn put(&mut self, job: Box<Job>, fx: &mut Effects) {
         self.index(&job);
         if job.state == JobState::Ready {
             fx.readied.push(job.queue.clone());
@@ -327,8 +331,8 @@ impl State {
     }
 
     /// Deletes a job for good (acked, cancelled, purged, expired).
-    fn delete(&mut self, job: Job, fx: &mut Effects) {
-        self.release_unique(&job);
+    fn delete(&mut self, job: &Job, fx: &mut Effects) {
+        self.release_unique(job);
         fx.writes.push(Mutation::DeleteJob(job.id));
     }
 
@@ -401,7 +405,7 @@ impl State {
                 id: job.id,
                 duplicate: false,
             });
-            self.put(job, fx);
+            self.put(Box::new(job), fx);
         }
         Ok(out)
     }
@@ -536,13 +540,13 @@ impl State {
             let mut job = self.take(&id).expect("ready job is in the map");
             if job.expires_at.is_some_and(|e| e <= now) {
                 self.queue_mut(&queue).counters.expired += 1;
-                self.delete(job, fx);
+                self.delete(&job, fx);
                 continue;
             }
             if !lease {
                 self.queue_mut(&queue).counters.acked += 1;
-                out.push(job.clone());
-                self.delete(job, fx);
+                self.delete(&job, fx);
+                out.push(*job);
                 continue;
             }
             job.attempts += 1;
@@ -551,13 +555,13 @@ impl State {
                 token: rng.gen_range(1..=u64::MAX),
                 expires_at: now.saturating_add(job.lease_ms),
             });
-            out.push(job.clone());
+            out.push((*job).clone());
             self.put(job, fx);
         }
         out
     }
 
-    fn leased(&mut self, id: &JobId, token: u64) -> Result<Job, SpoolError> {
+    fn leased(&mut self, id: &JobId, token: u64) -> Result<Box<Job>, SpoolError> {
         let job = self
             .jobs
             .get(id)
@@ -573,7 +577,7 @@ impl State {
     pub fn ack(&mut self, id: &JobId, token: u64, fx: &mut Effects) -> Result<(), SpoolError> {
         let job = self.leased(id, token)?;
         self.queue_mut(&job.queue).counters.acked += 1;
-        self.delete(job, fx);
+        self.delete(&job, fx);
         Ok(())
     }
 
@@ -594,7 +598,7 @@ impl State {
     }
 
     /// Sends a job that failed (nack or lease expiry) to retry or to the dead-letter queue.
-    fn fail(&mut self, now: TimestampMs, mut job: Job, action: NackAction, reason: String, fx: &mut Effects) {
+    fn fail(&mut self, now: TimestampMs, mut job: Box<Job>, action: NackAction, reason: String, fx: &mut Effects) {
         self.queue_mut(&job.queue).counters.failed += 1;
         job.lease = None;
         let exhausted = job.attempts >= job.max_attempts;
@@ -634,7 +638,7 @@ impl State {
                 }
             }
         }
-        fx.writes.push(Mutation::PutJob(Box::new(job.clone())));
+        fx.writes.push(Mutation::PutJob(job.clone()));
         self.put(job, fx);
     }
 
@@ -670,12 +674,12 @@ impl State {
             ));
         }
         let job = self.take(id).expect("job just seen");
-        self.delete(job, fx);
+        self.delete(&job, fx);
         Ok(())
     }
 
     pub fn get(&self, id: &JobId) -> Option<&Job> {
-        self.jobs.get(id)
+        self.jobs.get(id).map(|job| &**job)
     }
 
     // ---- timers ----
@@ -701,7 +705,7 @@ impl State {
                 }
                 JobState::Ready => {
                     self.queue_mut(&job.queue).counters.expired += 1;
-                    self.delete(job, fx);
+                    self.delete(&job, fx);
                 }
                 JobState::Leased => {
                     self.fail(now, job, NackAction::Retry, "lease expired".into(), fx);
@@ -715,7 +719,11 @@ impl State {
 
     pub fn queue_stats(&self, now: TimestampMs, name: &QueueName) -> Option<QueueStats> {
         let q = self.queues.get(name)?;
-        let oldest = q.ready.oldest().and_then(|id| self.jobs.get(&id));
+        let oldest = q
+            .ready
+            .oldest_candidates()
+            .filter_map(|id| self.get(&id))
+            .min_by_key(|job| job.enqueued_at);
         Some(QueueStats {
             name: name.clone(),
             paused: q.paused,
@@ -773,7 +781,7 @@ impl State {
             .collect();
         for id in &ids {
             let job = self.take(id).expect("listed job");
-            self.delete(job, fx);
+            self.delete(&job, fx);
         }
         ids.len() as u64
     }
@@ -787,7 +795,7 @@ impl State {
                     .iter(end)
                     .skip(offset)
                     .take(limit)
-                    .filter_map(|id| self.jobs.get(&id))
+                    .filter_map(|id| self.get(&id))
                     .collect()
             })
             .unwrap_or_default()
@@ -830,7 +838,7 @@ impl State {
             None => self.dead.range(..),
         };
         range
-            .filter_map(|(_, id)| self.jobs.get(id))
+            .filter_map(|(_, id)| self.get(id))
             .filter(|j| queue.is_none_or(|q| &j.queue == q))
             .take(limit)
             .collect()
@@ -863,7 +871,7 @@ impl State {
             } else if let Some(key) = &job.unique_key {
                 self.unique.insert(key.clone(), job.id);
             }
-            fx.writes.push(Mutation::PutJob(Box::new(job.clone())));
+            fx.writes.push(Mutation::PutJob(job.clone()));
             self.put(job, fx);
         }
         Ok(ids.len() as u64)
@@ -874,7 +882,7 @@ impl State {
         let ids = self.dead_ids(selector)?;
         for id in &ids {
             let job = self.take(id).expect("dead job listed");
-            self.delete(job, fx);
+            self.delete(&job, fx);
         }
         Ok(ids.len() as u64)
     }
