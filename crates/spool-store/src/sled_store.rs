@@ -14,8 +14,10 @@
 //! files written since (plus the blob directory). Only then may the segment go. Opening the store folds whatever
 //! segments a crash left behind into sled before anything reads it, so `load` reads sled alone.
 //!
-//! Disk: the log holds at most the active segment plus [`CHECKPOINT_QUEUE`] full ones (the writer waits when the
-//! checkpointer falls that far behind), and sled holds the live records.
+//! Disk: the writer queues at most [`CHECKPOINT_QUEUE`] full segments and then waits; the checkpointer takes at
+//! most `1 + CHECKPOINT_QUEUE` at a time. So the log never holds more than `2 × CHECKPOINT_QUEUE + 3` segments (the
+//! active one, one the writer is waiting to hand over, the queue, and the checkpointer's), and sled holds the live
+//! records.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -531,7 +533,9 @@ impl Checkpoint {
     /// and more writes cancel out).
     fn serve(mut self, sealed: Receiver<u64>, poison: &Poison) {
         while let Ok(first) = sealed.recv() {
-            let seqs: Vec<u64> = std::iter::once(first).chain(sealed.try_iter()).collect();
+            let seqs: Vec<u64> = std::iter::once(first)
+                .chain(sealed.try_iter().take(CHECKPOINT_QUEUE))
+                .collect();
             if let Err(e) = self.run(&seqs, false) {
                 tracing::error!(error = %e, "checkpoint failed; refusing further writes");
                 *poison.lock().expect("poison lock") = Some(e);
