@@ -1,8 +1,9 @@
 //! The on-disk format: key prefixes and versioned value encoding.
 //!
 //! Keys: `j` + 16-byte job id (UUIDv7, so job keys sort by creation time), `q` + queue name, `s` + schedule name, `m` +
-//! meta name. All live in sled's default tree so a batch touching jobs, queues and schedules is one atomic
-//! `apply_batch` (a schedule's firing writes its job and its progress together).
+//! meta name. The write-ahead log carries the same keys and values, and all of them live in sled's default tree. A
+//! batch is atomic because a group commit is one checksummed log record (a schedule's firing writes its job and its
+//! progress together); sled needs no atomic batches, as a checkpoint can always be repeated from the log.
 //! Values: one version byte, then postcard. The version byte lets a later build read today's records.
 
 use serde::de::DeserializeOwned;
