@@ -332,12 +332,10 @@ impl Broker {
     /// Enqueues jobs (all to `queue`) like [`Broker::apply_enqueue_batch`] and returns the queue's ready length
     /// after them, read under the same lock: the reply of a Redis `LPUSH`.
     pub fn apply_push(&self, queue: &str, jobs: Vec<NewJob>) -> Result<Applied<u64>, SpoolError> {
-        let applied = self.write_applied(|state, now, fx| {
+        self.write_applied(|state, now, fx| {
             state.enqueue(now, jobs, fx)?;
-            let name = state.known_queue(queue)?;
-            Ok(state.queue_stats(now, &name).map_or(0, |s| s.ready))
-        })?;
-        Ok(applied)
+            state.ready_len(queue)
+        })
     }
 
     /// Leases (or pops) up to `count` jobs from the queues, waiting up to `timeout` for the first one. Returns an

@@ -11,6 +11,7 @@
 //! keeps a job's whole life at two writes — one put, one delete — when it succeeds first time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use rand::Rng;
 use spool_core::{
@@ -144,9 +145,11 @@ pub struct Enqueued {
 #[derive(Debug)]
 pub(crate) struct State {
     config: EngineConfig,
-    /// Boxed: hashbrown rounds its table up to a power of two of slots, each the size of an entry, so unboxed
-    /// 300-byte jobs would cost up to twice that per job in empty slots (~650 MB of table for a million jobs).
-    jobs: HashMap<JobId, Box<Job>>,
+    /// Behind a pointer: hashbrown rounds its table up to a power of two of slots, each the size of an entry, so
+    /// inline 300-byte jobs would cost up to twice that per job in empty slots (~650 MB of table for a million jobs).
+    /// An `Arc` because the store's writer holds the same job until it has encoded it: a put shares the job rather
+    /// than copying it, and a change made meanwhile copies it then (`Arc::make_mut`).
+    jobs: HashMap<JobId, Arc<Job>>,
     queues: BTreeMap<QueueName, Queue>,
     /// (due time, job): scheduled/retry jobs at `run_at`, leased jobs at lease end, ready jobs at `expires_at`.
     timers: BTreeSet<(TimestampMs, JobId)>,
@@ -233,7 +236,7 @@ impl State {
             }
             state.queue_mut_or_create(&job.queue);
             state.index(&job);
-            state.jobs.insert(job.id, Box::new(job));
+            state.jobs.insert(job.id, Arc::new(job));
         }
         state
     }
@@ -307,14 +310,14 @@ impl State {
     }
 
     /// Takes a job out of every index and the map (to change or delete it).
-    fn take(&mut self, id: &JobId) -> Option<Box<Job>> {
+    fn take(&mut self, id: &JobId) -> Option<Arc<Job>> {
         let job = self.jobs.remove(id)?;
         self.unindex(&job);
         Some(job)
     }
 
     /// Puts a changed job back, noting a newly ready one.
-    fn put(&mut self, job: Box<Job>, fx: &mut Effects) {
+    fn put(&mut self, job: Arc<Job>, fx: &mut Effects) {
         self.index(&job);
         if job.state == JobState::Ready {
             fx.readied.push(job.queue.clone());
@@ -400,12 +403,13 @@ impl State {
                 self.unique.insert(key.clone(), job.id);
             }
             self.queue_mut(&job.queue).counters.enqueued += 1;
-            fx.writes.push(Mutation::PutJob(Box::new(job.clone())));
             out.push(Enqueued {
                 id: job.id,
                 duplicate: false,
             });
-            self.put(Box::new(job), fx);
+            let job = Arc::new(job);
+            fx.writes.push(Mutation::PutJob(job.clone()));
+            self.put(job, fx);
         }
         Ok(out)
     }
@@ -537,31 +541,32 @@ impl State {
                 End::Last => ready.last(),
             }
             .expect("candidate queue has a ready job");
-            let mut job = self.take(&id).expect("ready job is in the map");
-            if job.expires_at.is_some_and(|e| e <= now) {
+            let mut slot = self.take(&id).expect("ready job is in the map");
+            if slot.expires_at.is_some_and(|e| e <= now) {
                 self.queue_mut(&queue).counters.expired += 1;
-                self.delete(&job, fx);
+                self.delete(&slot, fx);
                 continue;
             }
             if !lease {
                 self.queue_mut(&queue).counters.acked += 1;
-                self.delete(&job, fx);
-                out.push(*job);
+                self.delete(&slot, fx);
+                out.push(Arc::unwrap_or_clone(slot));
                 continue;
             }
+            let job = Arc::make_mut(&mut slot);
             job.attempts += 1;
             job.state = JobState::Leased;
             job.lease = Some(Lease {
                 token: rng.gen_range(1..=u64::MAX),
                 expires_at: now.saturating_add(job.lease_ms),
             });
-            out.push((*job).clone());
-            self.put(job, fx);
+            out.push(job.clone());
+            self.put(slot, fx);
         }
         out
     }
 
-    fn leased(&mut self, id: &JobId, token: u64) -> Result<Box<Job>, SpoolError> {
+    fn leased(&mut self, id: &JobId, token: u64) -> Result<Arc<Job>, SpoolError> {
         let job = self
             .jobs
             .get(id)
@@ -598,7 +603,8 @@ impl State {
     }
 
     /// Sends a job that failed (nack or lease expiry) to retry or to the dead-letter queue.
-    fn fail(&mut self, now: TimestampMs, mut job: Box<Job>, action: NackAction, reason: String, fx: &mut Effects) {
+    fn fail(&mut self, now: TimestampMs, mut slot: Arc<Job>, action: NackAction, reason: String, fx: &mut Effects) {
+        let job = Arc::make_mut(&mut slot);
         self.queue_mut(&job.queue).counters.failed += 1;
         job.lease = None;
         let exhausted = job.attempts >= job.max_attempts;
@@ -623,7 +629,7 @@ impl State {
                 job.dead_at = Some(now);
                 job.run_at = None;
                 self.queue_mut(&job.queue).counters.dead_lettered += 1;
-                self.release_unique(&job);
+                self.release_unique(job);
             }
             Some(delay) => {
                 job.last_error = Some(reason);
@@ -638,8 +644,8 @@ impl State {
                 }
             }
         }
-        fx.writes.push(Mutation::PutJob(job.clone()));
-        self.put(job, fx);
+        fx.writes.push(Mutation::PutJob(slot.clone()));
+        self.put(slot, fx);
     }
 
     /// Extends a lease to `lease_ms` (or the job's lease length) from now; returns the new end.
@@ -654,10 +660,10 @@ impl State {
         if let Some(ms) = lease_ms {
             check_lease_ms(ms)?;
         }
-        let mut job = self.leased(id, token)?;
-        let expires_at = now.saturating_add(lease_ms.unwrap_or(job.lease_ms));
-        job.lease = Some(Lease { token, expires_at });
-        self.put(job, fx);
+        let mut slot = self.leased(id, token)?;
+        let expires_at = now.saturating_add(lease_ms.unwrap_or(slot.lease_ms));
+        Arc::make_mut(&mut slot).lease = Some(Lease { token, expires_at });
+        self.put(slot, fx);
         Ok(expires_at)
     }
 
@@ -699,8 +705,9 @@ impl State {
             let mut job = self.take(&id).expect("timer refers to a live job");
             match job.state {
                 JobState::Scheduled | JobState::Retry => {
-                    job.state = JobState::Ready;
-                    job.run_at = None;
+                    let promoted = Arc::make_mut(&mut job);
+                    promoted.state = JobState::Ready;
+                    promoted.run_at = None;
                     self.put(job, fx);
                 }
                 JobState::Ready => {
@@ -743,6 +750,12 @@ impl State {
 
     pub fn queue_names(&self) -> Vec<QueueName> {
         self.queues.keys().cloned().collect()
+    }
+
+    /// A queue's ready jobs, without the rest of [`State::queue_stats`] (the reply to every Redis `LPUSH`).
+    pub fn ready_len(&self, name: &str) -> Result<u64, SpoolError> {
+        let name = self.known_queue(name)?;
+        Ok(self.queues.get(&name).map_or(0, |q| q.ready.len as u64))
     }
 
     pub fn known_queue(&self, name: &str) -> Result<QueueName, SpoolError> {
@@ -854,7 +867,8 @@ impl State {
     ) -> Result<u64, SpoolError> {
         let ids = self.dead_ids(selector)?;
         for id in &ids {
-            let mut job = self.take(id).expect("dead job listed");
+            let mut slot = self.take(id).expect("dead job listed");
+            let job = Arc::make_mut(&mut slot);
             job.state = JobState::Ready;
             job.attempts = 0;
             job.dead_at = None;
@@ -865,14 +879,14 @@ impl State {
             job.expires_at = None;
             // The job takes its key back unless another live job holds it by now; then it gives the key up (and the
             // write records that), since a restart could not tell which of two live holders of a key was the real one.
-            if self.holder_of_unique(now, &job).is_some() {
+            if self.holder_of_unique(now, job).is_some() {
                 job.unique_key = None;
                 job.unique_until = None;
             } else if let Some(key) = &job.unique_key {
                 self.unique.insert(key.clone(), job.id);
             }
-            fx.writes.push(Mutation::PutJob(job.clone()));
-            self.put(job, fx);
+            fx.writes.push(Mutation::PutJob(slot.clone()));
+            self.put(slot, fx);
         }
         Ok(ids.len() as u64)
     }

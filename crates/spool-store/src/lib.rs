@@ -16,6 +16,7 @@ mod wal;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -50,8 +51,8 @@ pub struct QueueRecord {
 /// One change to the durable record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
-    /// Insert or replace a job. Boxed: jobs are large and most batches also carry small deletes.
-    PutJob(Box<Job>),
+    /// Insert or replace a job. Shared with the engine's state, which keeps the same job: a put costs no copy.
+    PutJob(Arc<Job>),
     /// Remove a job (acked, cancelled, purged, expired).
     DeleteJob(JobId),
     /// Insert or replace a queue's record.

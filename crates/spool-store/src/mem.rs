@@ -41,7 +41,7 @@ impl Store for MemStore {
         for mutation in batch {
             match mutation {
                 Mutation::PutJob(job) => {
-                    inner.jobs.insert(job.id, *job);
+                    inner.jobs.insert(job.id, Arc::unwrap_or_clone(job));
                 }
                 Mutation::DeleteJob(id) => {
                     inner.jobs.remove(&id);

@@ -1,6 +1,7 @@
 //! Opening a data directory: fresh, reopened, and the ways it can be wrong. Each bad directory must be refused with
 //! an error that names its path, never silently opened as an empty store.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use spool_core::{Job, JobId, JobState, Priority, QueueName, RetryPolicy};
@@ -54,8 +55,8 @@ async fn committed_jobs_survive_reopen() {
         let store = SledStore::open(config.clone()).unwrap();
         store
             .submit(vec![
-                Mutation::PutJob(Box::new(a.clone())),
-                Mutation::PutJob(Box::new(b.clone())),
+                Mutation::PutJob(Arc::new(a.clone())),
+                Mutation::PutJob(Arc::new(b.clone())),
             ])
             .await
             .unwrap();
