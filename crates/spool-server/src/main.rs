@@ -42,6 +42,10 @@ enum Command {
     Client(cli::ClientCommand),
 }
 
+/// See the workspace manifest for why not the system allocator.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
