@@ -18,23 +18,8 @@ ROUNDS=${ROUNDS:-2}
 E2E_SECS=${E2E_SECS:-5}
 OUT=${OUT:-$(mktemp -d /tmp/spool-scale.XXXXXX)}
 mkdir -p "$OUT"
-(cd "$ROOT" && cargo build --release -q -p spool-server -p spool-bench)
-SPOOL="$ROOT/target/release/spool"
-BENCH="$ROOT/target/release/spool-bench"
-
-WORK=$(mktemp -d /tmp/spool-scale-data.XXXXXX)
-SPOOL_PID=
-cleanup() {
-    if [ -n "$SPOOL_PID" ]; then
-        kill -TERM "$SPOOL_PID" 2>/dev/null || true
-        wait "$SPOOL_PID" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# shellcheck source=bench/one-daemon.sh
+source "$ROOT/bench/one-daemon.sh" scale-data
 now() { date +%s.%N; }
 start_spool() {
     SPOOL_RESP__LISTEN=127.0.0.1:$PORT SPOOL_STORAGE__DURABILITY=always SPOOL_GRPC__ENABLED=false \
