@@ -69,7 +69,6 @@ pub enum ReserveOrder {
     Weighted(Vec<u32>),
 }
 
-/// A reservation request.
 /// The result of a write already applied to the broker's state, with the commit that makes it durable. The state
 /// (and every other client) sees the write at once; whoever answers the client that asked for it must wait for
 /// [`Applied::durable`] first, or "nothing lost" is broken.
@@ -77,18 +76,22 @@ pub enum ReserveOrder {
 #[must_use = "a write's reply must wait for its commit"]
 pub struct Applied<T> {
     value: T,
-    commit: Option<Commit>,
+    /// Resolved in order; usually one.
+    commits: Vec<Commit>,
 }
 
 impl<T> Applied<T> {
     /// A result with no write to wait for.
     pub fn done(value: T) -> Self {
-        Applied { value, commit: None }
+        Applied {
+            value,
+            commits: Vec::new(),
+        }
     }
 
     /// Waits until the write is durable as configured, then yields its result; a storage failure fails it.
     pub async fn durable(self) -> Result<T, SpoolError> {
-        if let Some(commit) = self.commit {
+        for commit in self.commits {
             commit.await.map_err(storage_error)?;
         }
         Ok(self.value)
@@ -98,11 +101,12 @@ impl<T> Applied<T> {
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Applied<U> {
         Applied {
             value: f(self.value),
-            commit: self.commit,
+            commits: self.commits,
         }
     }
 }
 
+/// A reservation request.
 #[derive(Debug, Clone)]
 pub struct ReserveRequest {
     /// Queues to take from.
@@ -290,7 +294,10 @@ impl Broker {
             return Err(SpoolError::new(ErrorCode::ShuttingDown, "the broker is shutting down"));
         }
         let (value, commit) = self.apply(op);
-        Ok(Applied { value: value?, commit })
+        Ok(Applied {
+            value: value?,
+            commits: commit.into_iter().collect(),
+        })
     }
 
     /// [`Broker::write_applied`], answering only after the writes are committed.
@@ -323,8 +330,8 @@ impl Broker {
         let mut applied = self.write_applied(|state, now, fx| state.enqueue(now, jobs, fx))?;
         if applied.value.iter().any(|e| e.duplicate) {
             // The holder's enqueue may still be in flight. An empty batch commits after every batch before it,
-            // including that one, so waiting for it covers both.
-            applied.commit = Some(self.inner.store.submit(Vec::new()));
+            // including that one; the batch's own commit is still waited for too.
+            applied.commits.push(self.inner.store.submit(Vec::new()));
         }
         Ok(applied)
     }
@@ -392,7 +399,10 @@ impl Broker {
         }
         let (value, commit) =
             self.apply(|state, now, fx| state.reserve(now, &queues, &req.order, req.end, false, req.count, fx));
-        Ok(Applied { value, commit })
+        Ok(Applied {
+            value,
+            commits: commit.into_iter().collect(),
+        })
     }
 
     /// Checks a reservation's queues, count and weights; returns the queues' names.

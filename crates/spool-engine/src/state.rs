@@ -63,7 +63,8 @@ impl ReadySet {
     /// The jobs among which is the one that has waited longest, whatever its priority. No index by age is needed
     /// (it would cost a tree entry per ready job): jobs entering at the back get growing sequence numbers above
     /// [`SEQ_ORIGIN`] as time passes, jobs pushed to the front get falling ones below it, so in each priority's FIFO
-    /// the longest-waiting job is the first of the back part or the last of the front part.
+    /// the longest-waiting job is the first of the back part or the last of the front part. This assumes the wall
+    /// clock does not step backwards; if it does, `oldest_ready_age_ms` can read low until those jobs leave.
     fn oldest_candidates(&self) -> impl Iterator<Item = JobId> + '_ {
         self.by_priority.iter().flat_map(|fifo| {
             let back = fifo.range(SEQ_ORIGIN..).next();

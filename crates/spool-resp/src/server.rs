@@ -326,7 +326,9 @@ async fn run(
             Err(e) => reply(Err(e)),
         };
     }
-    if drain(conn, pending).await.is_err() {
+    // A command that may wait must not hold back the replies before it: they go out now, not when it returns.
+    let flushed = drain(conn, pending).await.is_ok() && (!command.may_block() || conn.flush().await.is_ok());
+    if !flushed {
         return (None, Next::Close);
     }
     match (command, txn.as_mut()) {

@@ -507,3 +507,18 @@ async fn a_pipeline_shares_group_commits_and_keeps_reply_order() -> anyhow::Resu
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn replies_before_a_blocking_command_are_not_held_back() -> anyhow::Result<()> {
+    let server = common::start(RespConfig::default()).await;
+    let mut raw = server.raw().await;
+    raw.send(b"RPUSH a x\r\nBLPOP b 0\r\n").await;
+    // The push's reply must arrive while the pop still waits; a server that kept it buffered would never send it.
+    let first = tokio::time::timeout(Duration::from_secs(10), raw.line()).await?;
+    assert_eq!(first, ":1");
+    let mut other = server.client().await;
+    let _: i64 = other.rpush("b", "y").await?;
+    assert_eq!(raw.reply().await, "*2", "the pop is served once b has a job");
+    server.stop().await;
+    Ok(())
+}

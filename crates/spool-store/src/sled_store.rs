@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use spool_core::Job;
 use tokio::sync::oneshot;
@@ -176,7 +176,7 @@ impl SledStore {
             wal_dir: wal_dir.clone(),
         };
         // Recovery: fold every segment the last run left (after a crash; a clean stop leaves none) into sled, so
-        // that `load` reads one place. The newest may end in a torn write, whose callers were never answered.
+        // that `load` reads one place. The newest may end in a torn write (see `wal::read_segment`).
         let leftover = wal::list_segments(&wal_dir).map_err(|e| open_err(e.to_string()))?;
         checkpoint.run(&leftover, true).map_err(|e| match e {
             StoreError::Write { reason, .. } => open_err(reason),
@@ -268,7 +268,9 @@ impl SledStore {
             /// (end offset of the key, end offset of the value) per record.
             ends: Vec<(usize, usize)>,
         }
+        // Whichever comes first: many small jobs, or a few large payloads.
         const CHUNK_RECORDS: usize = 16 * 1024;
+        const CHUNK_BYTES: usize = 16 * 1024 * 1024;
         let (tx, rx) = mpsc::sync_channel::<Chunk>(2);
         std::thread::scope(|scope| {
             let decoder = scope.spawn(move || {
@@ -304,7 +306,7 @@ impl SledStore {
                 let key_end = chunk.bytes.len();
                 chunk.bytes.extend_from_slice(&value);
                 chunk.ends.push((key_end, chunk.bytes.len()));
-                if chunk.ends.len() == CHUNK_RECORDS {
+                if chunk.ends.len() == CHUNK_RECORDS || chunk.bytes.len() >= CHUNK_BYTES {
                     let full = std::mem::replace(
                         &mut chunk,
                         Chunk {
@@ -454,6 +456,20 @@ impl Writer {
             }
             last_group = waiting.len();
 
+            // After a failed write or sync the segment may end in a partial record, and anything appended behind it
+            // would be dropped with it at recovery (or found corrupt): once poisoned, nothing more is written, and
+            // every caller — including an empty batch used as a barrier, and a flush — hears the error.
+            let poisoned = self.poison.lock().expect("poison lock").clone();
+            if let Some(err) = poisoned {
+                self.record.clear();
+                for reply in waiting.drain(..) {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                for reply in flushes.drain(..) {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                continue;
+            }
             let mut result = Ok(());
             if mutations > 0 {
                 result = self.segment.append(self.record.finish()).map_err(|e| self.write_err(e));
@@ -472,10 +488,6 @@ impl Writer {
                 dirty = false;
                 last_sync = Instant::now();
             }
-            if result.is_ok() && self.segment.len() >= self.segment_bytes {
-                result = self.rotate();
-                dirty = false;
-            }
             if let Err(e) = &result {
                 self.fail(e);
             }
@@ -485,9 +497,18 @@ impl Writer {
             for reply in flushes.drain(..) {
                 let _ = reply.send(result.clone());
             }
+            // Rotated only after answering: these callers' records are durable whatever happens to the hand-off.
+            if result.is_ok() && self.segment.len() >= self.segment_bytes {
+                match self.rotate() {
+                    Ok(()) => dirty = false,
+                    Err(e) => self.fail(&e),
+                }
+            }
         }
         // Closing: the last segment goes to the checkpointer like a full one, so a clean stop leaves no log behind.
-        if let Err(e) = self.segment.sync().map_err(|e| self.write_err(e)) {
+        if self.poison.lock().expect("poison lock").is_some() {
+            tracing::error!("the store failed earlier; the log will be replayed at the next start");
+        } else if let Err(e) = self.segment.sync().map_err(|e| self.write_err(e)) {
             self.fail(&e);
         } else if self.sealed.send(self.segment.seq).is_err() {
             tracing::error!("the checkpointer stopped; the log will be replayed at the next start");
@@ -588,12 +609,14 @@ impl Checkpoint {
         self.db.apply_batch(batch).map_err(|e| self.write_err(e.to_string()))?;
         self.db.flush().map_err(|e| self.write_err(e.to_string()))?;
         self.syncer.sync().map_err(|e| self.write_err(e.to_string()))?;
+        // One directory sync per removal: POSIX does not order unlinks on disk, and a newer segment gone while an
+        // older one survives would replay the older writes over sled's newer state.
         for &seq in seqs {
-            fs::remove_file(wal::segment_path(&self.wal_dir, seq)).map_err(|e| self.write_err(e.to_string()))?;
+            fs::remove_file(wal::segment_path(&self.wal_dir, seq))
+                .and_then(|()| File::open(&self.wal_dir)?.sync_all())
+                .map_err(|e| self.write_err(e.to_string()))?;
         }
-        File::open(&self.wal_dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| self.write_err(e.to_string()))
+        Ok(())
     }
 
     fn write_err(&self, reason: String) -> StoreError {
@@ -605,51 +628,53 @@ impl Checkpoint {
 }
 
 /// Makes what sled wrote survive a power cut: `fdatasync` of the log file, and `fsync` of blob files sled created
-/// since the last call (sled writes blobs without any sync) and of their directory.
+/// since the last call (sled writes blobs without any sync) and of their directory. Runs once per checkpoint.
 struct FileSyncer {
     log: File,
     blobs_dir: PathBuf,
-    blobs_seen: Option<SystemTime>,
     blob_high_water: u64,
 }
 
 impl FileSyncer {
     fn new(path: &Path) -> std::io::Result<Self> {
-        // The directory entries of `db`, `conf` and `blobs/` were just created by sled; sync the directory once so
+        // The directory entries of `db`, `conf`, `blobs/` and `wal/` were just created; sync the directory once so
         // they survive too.
         File::open(path)?.sync_all()?;
         Ok(Self {
             log: File::open(path.join("db"))?,
             blobs_dir: path.join("blobs"),
-            blobs_seen: None,
             blob_high_water: 0,
         })
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
         self.log.sync_data()?;
-        // A stat per commit is cheap; the directory scan runs only when the blob directory changed.
-        let modified = fs::metadata(&self.blobs_dir).and_then(|m| m.modified()).ok();
-        if modified.is_some() && modified != self.blobs_seen {
-            let mut newest = self.blob_high_water;
-            for entry in fs::read_dir(&self.blobs_dir)? {
-                let entry = entry?;
-                let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
-                    continue;
-                };
-                if lsn > self.blob_high_water {
-                    match File::open(entry.path()) {
-                        Ok(f) => f.sync_all()?,
-                        // sled may already have garbage-collected it; nothing to sync then.
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e),
-                    }
-                    newest = newest.max(lsn);
+        // Listed every time rather than when the directory's mtime moves: mtime moves once per kernel tick, and two
+        // checkpoints within one tick would skip the second one's blobs.
+        let entries = match fs::read_dir(&self.blobs_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut newest = self.blob_high_water;
+        for entry in entries {
+            let entry = entry?;
+            let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if lsn > self.blob_high_water {
+                match File::open(entry.path()) {
+                    Ok(f) => f.sync_all()?,
+                    // sled may already have garbage-collected it; nothing to sync then.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
                 }
+                newest = newest.max(lsn);
             }
+        }
+        if newest > self.blob_high_water {
             File::open(&self.blobs_dir)?.sync_all()?;
             self.blob_high_water = newest;
-            self.blobs_seen = modified;
         }
         Ok(())
     }

@@ -162,8 +162,10 @@ pub(crate) enum ReadError {
 }
 
 /// Folds the records of segment `seq` into `net`. In the newest segment (`last`), a damaged or short record and
-/// everything after it is a write torn by a crash, whose callers were never answered, and is dropped; in any other
-/// segment — synced in full before the next was started — damage is corruption.
+/// everything after it is taken for a write torn by a crash and dropped, with a warning naming the bytes: with
+/// `durability = always` no caller of it was answered (an answer waits for the `fdatasync` that covers the record);
+/// with `interval` or `none` it is within what those settings may lose. In any other segment — synced in full before
+/// the next was started — damage is corruption.
 pub(crate) fn read_segment(dir: &Path, seq: u64, last: bool, net: &mut NetWrites) -> Result<(), ReadError> {
     let bytes = fs::read(segment_path(dir, seq)).map_err(ReadError::Io)?;
     let mut at = 0usize;
@@ -179,7 +181,13 @@ pub(crate) fn read_segment(dir: &Path, seq: u64, last: bool, net: &mut NetWrites
             Err(reason) => reason,
         };
         if last {
-            tracing::warn!(segment = seq, offset = at, %damage, "dropping a torn write-ahead log tail");
+            tracing::warn!(
+                segment = seq,
+                offset = at,
+                dropped_bytes = bytes.len() - at,
+                %damage,
+                "dropping a torn write-ahead log tail"
+            );
             return Ok(());
         }
         return Err(ReadError::Corrupt {
@@ -196,6 +204,11 @@ fn parse_record(bytes: &[u8]) -> Result<(&[u8], usize), String> {
     }
     let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(bytes[4..HEADER].try_into().expect("4 bytes"));
+    // The writer never writes an empty record, and an empty payload's crc32 is 0: without this a run of zeros (a
+    // hole the file system filled) would read as valid records.
+    if len == 0 {
+        return Err("empty record".into());
+    }
     let payload = bytes
         .get(HEADER..HEADER + len)
         .ok_or_else(|| format!("record of {len} bytes runs past the end of the segment"))?;
@@ -305,6 +318,21 @@ mod tests {
         let mut damaged = bytes.clone();
         *damaged.last_mut().unwrap() ^= 0xff;
         fs::write(segment_path(dir.path(), 1), &damaged).unwrap();
+        let mut net = NetWrites::new();
+        read_segment(dir.path(), 1, true, &mut net).unwrap();
+        assert_eq!(net.len(), 1);
+    }
+
+    #[test]
+    fn zeros_are_not_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = written(dir.path(), &[vec![queue("a", false)]]);
+        let good = bytes.len();
+        // A hole of zeros, as a file system may leave after a crash that extended the file.
+        bytes.extend_from_slice(&[0; 64]);
+        fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
+        let err = read_segment(dir.path(), 1, false, &mut NetWrites::new()).unwrap_err();
+        assert!(matches!(err, ReadError::Corrupt { offset, .. } if offset == good as u64));
         let mut net = NetWrites::new();
         read_segment(dir.path(), 1, true, &mut net).unwrap();
         assert_eq!(net.len(), 1);
