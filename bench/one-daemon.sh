@@ -1,16 +1,17 @@
-# Sourced by bench/scale.sh and bench/churn.sh: builds the release binaries, makes a work directory, and stops the
-# one daemon the script started (by its PID, in SPOOL_PID) and removes the directory on exit.
+# Sourced by bench/scale.sh and bench/churn.sh: builds the release binaries, makes a work directory, and on exit stops
+# the daemons the script started (by PID: SPOOL_PID, and any in EXTRA_PIDS) and removes the directory.
 (cd "$ROOT" && cargo build --release -q -p spool-server -p spool-bench)
 SPOOL="$ROOT/target/release/spool"
 BENCH="$ROOT/target/release/spool-bench"
 
 WORK=$(mktemp -d "/tmp/spool-$1.XXXXXX")
 SPOOL_PID=
+EXTRA_PIDS=()
 cleanup() {
-    if [ -n "$SPOOL_PID" ]; then
-        kill -TERM "$SPOOL_PID" 2>/dev/null || true
-        wait "$SPOOL_PID" 2>/dev/null || true
-    fi
+    for pid in $SPOOL_PID "${EXTRA_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
