@@ -739,22 +739,8 @@ async fn purge_deletes_everything_not_in_flight() {
 #[tokio::test]
 async fn dead_letters_list_replay_and_purge() {
     let (broker, clock) = mem_broker();
-    let mut kill = Vec::new();
-    for (queue, label) in [("default", "d1"), ("bulk", "b1"), ("default", "d2"), ("default", "d3")] {
-        put(&broker, job(queue, label)).await;
-        let j = take_one(&broker, queue).await;
-        broker
-            .nack(
-                j.id,
-                j.lease.unwrap().token,
-                NackAction::Dead,
-                Some(format!("{label} failed")),
-            )
-            .await
-            .unwrap();
-        kill.push(j.id);
-        clock.advance(10);
-    }
+    let jobs = [("default", "d1"), ("bulk", "b1"), ("default", "d2"), ("default", "d3")];
+    let kill = dead_letter(&broker, &clock, &jobs, "failed", 10).await;
     let all = broker.dead_list(None, None, 100).unwrap();
     assert_eq!(
         all.iter().map(|j| j.id).collect::<Vec<_>>(),

@@ -164,22 +164,14 @@ async fn dead_letters_and_paused_queues_survive() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let broker = sled_broker(dir.path(), &clock);
-    let mut dead = Vec::new();
-    for (queue, label) in [("default", "d1"), ("bulk", "b1"), ("default", "d2")] {
-        put(&broker, job(queue, label)).await;
-        let j = take_one(&broker, queue).await;
-        broker
-            .nack(
-                j.id,
-                j.lease.unwrap().token,
-                NackAction::Dead,
-                Some(format!("{label} broke")),
-            )
-            .await
-            .unwrap();
-        dead.push(j.id);
-        clock.advance(5);
-    }
+    let dead = dead_letter(
+        &broker,
+        &clock,
+        &[("default", "d1"), ("bulk", "b1"), ("default", "d2")],
+        "broke",
+        5,
+    )
+    .await;
     let listed_before = broker.dead_list(None, None, 10).unwrap();
     broker.pause("critical").await.unwrap();
     put(&broker, job("critical", "waiting")).await;

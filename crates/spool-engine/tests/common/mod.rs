@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spool_core::{Job, JobId, JobOptions, ManualClock, SpoolError};
-use spool_engine::{Broker, EngineConfig, NewJob, QueueStats, ReserveRequest};
+use spool_engine::{Broker, EngineConfig, NackAction, NewJob, QueueStats, ReserveRequest};
 use spool_store::{MemStore, SledConfig, SledStore, StoreError};
 
 /// Where every test clock starts: a plausible "now" (Nov 2023), so timestamps look like real ones in failures.
@@ -102,7 +102,34 @@ pub async fn take_one(broker: &Broker, queue: &str) -> Job {
     jobs.pop().expect("one job")
 }
 
-/// The payloads of `jobs` as strings, in order.
+/// Enqueues one job per `(queue, label)`, leases it and nacks it straight to the dead-letter queue with the error
+/// "`<label> <why>`", advancing the clock `step_ms` after each so their `dead_at` times differ. Returns their ids.
+pub async fn dead_letter(
+    broker: &Broker,
+    clock: &ManualClock,
+    jobs: &[(&str, &str)],
+    why: &str,
+    step_ms: u64,
+) -> Vec<JobId> {
+    let mut dead = Vec::new();
+    for (queue, label) in jobs {
+        put(broker, job(queue, label)).await;
+        let j = take_one(broker, queue).await;
+        broker
+            .nack(
+                j.id,
+                j.lease.expect("leased").token,
+                NackAction::Dead,
+                Some(format!("{label} {why}")),
+            )
+            .await
+            .expect("nack to dead");
+        dead.push(j.id);
+        clock.advance(step_ms);
+    }
+    dead
+}
+
 /// Spawns a reserve of one job from `queue` (60 s timeout) and runs it until it is parked waiting; `why` is the
 /// failure message if it returns instead. Yielding does not move tokio's paused clock, so it cannot time out here.
 pub async fn parked_reserver(
@@ -125,6 +152,7 @@ pub async fn parked_reserver(
     reserver
 }
 
+/// The payloads of `jobs` as strings, in order.
 pub fn labels(jobs: &[Job]) -> Vec<String> {
     jobs.iter()
         .map(|j| String::from_utf8(j.payload.clone()).expect("utf-8 label"))
