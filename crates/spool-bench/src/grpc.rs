@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use spool_client::{proto, Client, Nack};
 use tokio::task::JoinSet;
 
-use crate::{bench_id, chosen, decode, histogram, payload, Mode, Options, Shared, TaskResult, BALLAST};
+use crate::{chosen, decode, histogram, payload, Mode, Options, Shared, TaskResult, BALLAST};
 
 pub(crate) async fn produce(
     p: usize,
@@ -47,13 +47,8 @@ pub(crate) async fn produce(
             if left == 0 {
                 break;
             }
-            let n = (opts.batch as u64).min(left);
-            left -= n;
             let now = shared.now_ns();
-            let ids: Vec<u64> = (0..n).map(|i| bench_id(p, seq + i)).collect();
-            seq += n;
-            let delay = (opts.mode == Mode::Mixed && chosen(ids[0], 1, opts.delay_fraction)).then_some(opts.delay_ms);
-            result.delayed += u64::from(delay.is_some()) * n;
+            let (ids, delay) = crate::next_batch(opts, p, &mut seq, &mut left, &mut result);
             let jobs: Vec<proto::NewJob> = ids
                 .iter()
                 .map(|&id| {

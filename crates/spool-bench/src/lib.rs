@@ -319,6 +319,24 @@ fn bench_id(producer: usize, seq: u64) -> u64 {
     ((producer as u64) << 40) | seq
 }
 
+/// The next command's share of producer `p`'s jobs, for either door: up to `batch` ids taken from `left` (advancing
+/// `seq`), and the delay a mixed load puts on them (counted in `result`). `left` must not be 0.
+pub(crate) fn next_batch(
+    opts: &Options,
+    p: usize,
+    seq: &mut u64,
+    left: &mut u64,
+    result: &mut TaskResult,
+) -> (Vec<u64>, Option<u64>) {
+    let n = (opts.batch as u64).min(*left);
+    *left -= n;
+    let ids: Vec<u64> = (0..n).map(|i| bench_id(p, *seq + i)).collect();
+    *seq += n;
+    let delay = (opts.mode == Mode::Mixed && chosen(ids[0], 1, opts.delay_fraction)).then_some(opts.delay_ms);
+    result.delayed += u64::from(delay.is_some()) * n;
+    (ids, delay)
+}
+
 /// Deterministic per-job choice (delays, nacks) so reruns load the server the same way.
 fn chosen(id: u64, salt: u64, fraction: f64) -> bool {
     let mut x = id ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -648,14 +666,8 @@ async fn produce(
                 if left == 0 {
                     break;
                 }
-                let n = (opts.batch as u64).min(left);
-                left -= n;
                 let now = shared.now_ns();
-                let ids: Vec<u64> = (0..n).map(|i| bench_id(p, seq + i)).collect();
-                seq += n;
-                let delay =
-                    (opts.mode == Mode::Mixed && chosen(ids[0], 1, opts.delay_fraction)).then_some(opts.delay_ms);
-                result.delayed += u64::from(delay.is_some()) * n;
+                let (ids, delay) = next_batch(opts, p, &mut seq, &mut left, &mut result);
                 let payloads = ids.iter().map(|&id| payload(opts.payload, now, id)).collect();
                 conn.command(&push_command(opts, queue, payloads, delay));
                 in_flight.push(ids);
