@@ -20,6 +20,6 @@ pub use names::{Priority, QueueName, MAX_QUEUE_NAME_LEN};
 pub use retry::{Jitter, RetryPolicy};
 pub use schedule::{
     tick_unique_key, validate_schedule_name, CatchUp, CompiledTrigger, Firing, FiringKind, Overlap, Schedule,
-    ScheduleDef, ScheduleOrigin, ScheduleProgress, ScheduledJob, Trigger, HISTORY_LEN, MAX_SCHEDULE_NAME_LEN,
-    MISFIRE_GRACE_MS,
+    ScheduleDef, ScheduleOrigin, ScheduleProgress, ScheduledJob, Trigger, DEFAULT_CATCH_UP_LIMIT, HISTORY_LEN,
+    MAX_SCHEDULE_NAME_LEN, MISFIRE_GRACE_MS,
 };

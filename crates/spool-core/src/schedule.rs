@@ -167,6 +167,20 @@ pub enum CatchUp {
     },
 }
 
+impl CatchUp {
+    /// The policy when none is given: a one-off that the daemon missed while down should still run, late; a
+    /// recurring schedule skips what it missed, as cron does.
+    pub fn default_for(trigger: &Trigger) -> Self {
+        match trigger {
+            Trigger::Once { .. } => CatchUp::One,
+            _ => CatchUp::Skip,
+        }
+    }
+}
+
+/// Most missed ticks fired after one outage under `catch_up = all` when no limit is given.
+pub const DEFAULT_CATCH_UP_LIMIT: u32 = 100;
+
 /// How late a tick may fire under [`CatchUp::Skip`] and still count as on time, in ms.
 pub const MISFIRE_GRACE_MS: u64 = 60_000;
 
@@ -235,7 +249,39 @@ pub struct ScheduleDef {
     pub origin: ScheduleOrigin,
 }
 
+impl ScheduledJob {
+    /// A job of `payload` to `queue` with every other option at the queue's default.
+    pub fn new(queue: QueueName, payload: Vec<u8>) -> Self {
+        Self {
+            queue,
+            payload,
+            priority: None,
+            max_attempts: None,
+            lease_ms: None,
+            ttl_ms: None,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
 impl ScheduleDef {
+    /// An enabled API schedule with every option at its default: catch-up by [`CatchUp::default_for`] the trigger,
+    /// overlap allowed, no jitter, no start or end.
+    pub fn new(name: impl Into<String>, job: ScheduledJob, trigger: Trigger) -> Self {
+        Self {
+            name: name.into(),
+            job,
+            catch_up: CatchUp::default_for(&trigger),
+            trigger,
+            overlap: Overlap::Allow,
+            jitter_ms: 0,
+            start_at: None,
+            end_at: None,
+            enabled: true,
+            origin: ScheduleOrigin::Api,
+        }
+    }
+
     /// Checks everything that needs no engine state; errors name the field.
     pub fn validate(&self) -> Result<CompiledTrigger, SpoolError> {
         validate_schedule_name(&self.name)?;
@@ -349,6 +395,21 @@ pub fn tick_unique_key(name: &str, tick: TimestampMs) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missed_one_off_still_runs_and_a_missed_recurring_tick_is_skipped_by_default() {
+        let def = |trigger| ScheduleDef::new("s", ScheduledJob::new(QueueName::new("q").unwrap(), vec![]), trigger);
+        assert_eq!(def(Trigger::Once { at: 5 }).catch_up, CatchUp::One);
+        assert_eq!(def(Trigger::Every { every_ms: 5 }).catch_up, CatchUp::Skip);
+        let cron = def(Trigger::Cron {
+            expr: "* * * * *".into(),
+            tz: "UTC".into(),
+        });
+        assert_eq!(
+            (cron.catch_up, cron.overlap, cron.origin),
+            (CatchUp::Skip, Overlap::Allow, ScheduleOrigin::Api)
+        );
+    }
 
     fn ms(rfc3339: &str) -> TimestampMs {
         DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis() as u64

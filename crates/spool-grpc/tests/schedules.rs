@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::T0;
 use spool_client::{proto, ClientError};
-use spool_core::{CatchUp, ErrorCode, Overlap, QueueName, ScheduleDef, ScheduleOrigin, ScheduledJob, Trigger};
+use spool_core::{ErrorCode, QueueName, ScheduleDef, ScheduleOrigin, ScheduledJob, Trigger};
 use spool_engine::{EngineConfig, PutMode};
 use spool_grpc::GrpcConfig;
 use tonic::Code;
@@ -231,27 +229,15 @@ async fn bad_definitions_are_refused_naming_the_field_and_change_nothing() {
 async fn config_file_schedules_are_read_only_except_enable_disable_and_trigger() {
     let server = common::start().await;
     let from_file = ScheduleDef {
-        name: "nightly".into(),
-        job: ScheduledJob {
-            queue: QueueName::new("default").unwrap(),
-            payload: b"from the file".to_vec(),
-            priority: None,
-            max_attempts: None,
-            lease_ms: None,
-            ttl_ms: None,
-            headers: BTreeMap::new(),
-        },
-        trigger: Trigger::Cron {
-            expr: "0 2 * * *".into(),
-            tz: "UTC".into(),
-        },
-        catch_up: CatchUp::Skip,
-        overlap: Overlap::Allow,
-        jitter_ms: 0,
-        start_at: None,
-        end_at: None,
-        enabled: true,
         origin: ScheduleOrigin::Config,
+        ..ScheduleDef::new(
+            "nightly",
+            ScheduledJob::new(QueueName::new("default").unwrap(), b"from the file".to_vec()),
+            Trigger::Cron {
+                expr: "0 2 * * *".into(),
+                tz: "UTC".into(),
+            },
+        )
     };
     server
         .broker

@@ -9,7 +9,7 @@
 
 mod schedule;
 
-pub use schedule::{schedule, schedule_def, DEFAULT_CATCH_UP_LIMIT};
+pub use schedule::{schedule, schedule_def};
 
 use spool_core::{ErrorCode, Jitter, Job, JobId, JobOptions, JobState, Priority, RetryPolicy, SpoolError};
 

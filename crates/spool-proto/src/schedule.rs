@@ -6,13 +6,10 @@ use std::collections::BTreeMap;
 
 use spool_core::{
     CatchUp, Firing, FiringKind, Overlap, Priority, QueueName, Schedule, ScheduleDef, ScheduleOrigin, ScheduledJob,
-    SpoolError, Trigger,
+    SpoolError, Trigger, DEFAULT_CATCH_UP_LIMIT,
 };
 
 use crate::{known_enum, v1};
-
-/// `catch_up = ALL` without `catch_up_limit` fires at most this many missed ticks (as the RESP door and the file).
-pub const DEFAULT_CATCH_UP_LIMIT: u32 = 100;
 
 fn in_field(field: &str, e: SpoolError) -> SpoolError {
     SpoolError::new(e.code, format!("{field}: {}", e.message))
@@ -62,11 +59,7 @@ pub fn schedule_def(field: &str, def: v1::ScheduleDef, origin: ScheduleOrigin) -
         }
         (v1::CatchUp::Skip, None) => CatchUp::Skip,
         (v1::CatchUp::One, None) => CatchUp::One,
-        // A one-off that the daemon missed while down should still run, late, unless told otherwise.
-        (v1::CatchUp::Unspecified, None) => match trigger {
-            Trigger::Once { .. } => CatchUp::One,
-            _ => CatchUp::Skip,
-        },
+        (v1::CatchUp::Unspecified, None) => CatchUp::default_for(&trigger),
     };
     let overlap = match known_enum::<v1::Overlap>(&format!("{field}.overlap"), def.overlap)? {
         v1::Overlap::Unspecified | v1::Overlap::Allow => Overlap::Allow,

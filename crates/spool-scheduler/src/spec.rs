@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use spool_core::{
     validate_schedule_name, CatchUp, Overlap, Priority, QueueName, ScheduleDef, ScheduleOrigin, ScheduledJob,
-    SpoolError, TimestampMs, Trigger,
+    SpoolError, TimestampMs, Trigger, DEFAULT_CATCH_UP_LIMIT,
 };
 use spool_engine::EngineConfig;
 
@@ -84,9 +84,6 @@ fn enabled_by_default() -> bool {
     true
 }
 
-/// Catch-up limit when `catch_up = "all"` gives none.
-pub const DEFAULT_CATCH_UP_LIMIT: u32 = 100;
-
 fn duration_ms(field: &str, text: &str) -> Result<u64, SpoolError> {
     humantime::parse_duration(text)
         .map(|d: Duration| d.as_millis() as u64)
@@ -134,15 +131,19 @@ impl ScheduleSpec {
             .map(|p| Priority::new(i64::from(p)))
             .transpose()
             .map_err(|e| SpoolError::invalid(format!("priority: {}", e.message)))?;
-        let default_catch_up = match trigger {
-            Trigger::Once { .. } => CatchUpSpec::One,
-            _ => CatchUpSpec::Skip,
-        };
         if self.catch_up_limit.is_some() && self.catch_up != Some(CatchUpSpec::All) {
             return Err(SpoolError::invalid(
                 "catch_up_limit: only applies with catch_up = \"all\"",
             ));
         }
+        let catch_up = match self.catch_up {
+            None => CatchUp::default_for(&trigger),
+            Some(CatchUpSpec::Skip) => CatchUp::Skip,
+            Some(CatchUpSpec::One) => CatchUp::One,
+            Some(CatchUpSpec::All) => CatchUp::All {
+                limit: self.catch_up_limit.unwrap_or(DEFAULT_CATCH_UP_LIMIT),
+            },
+        };
         let def = ScheduleDef {
             name: self.name.clone(),
             job: ScheduledJob {
@@ -155,13 +156,7 @@ impl ScheduleSpec {
                 headers: self.headers.clone(),
             },
             trigger,
-            catch_up: match self.catch_up.unwrap_or(default_catch_up) {
-                CatchUpSpec::Skip => CatchUp::Skip,
-                CatchUpSpec::One => CatchUp::One,
-                CatchUpSpec::All => CatchUp::All {
-                    limit: self.catch_up_limit.unwrap_or(DEFAULT_CATCH_UP_LIMIT),
-                },
-            },
+            catch_up,
             overlap: match self.overlap.unwrap_or(OverlapSpec::Allow) {
                 OverlapSpec::Allow => Overlap::Allow,
                 OverlapSpec::Skip => Overlap::Skip,

@@ -83,24 +83,12 @@ impl Rig {
 
 fn def(name: &str, trigger: Trigger) -> ScheduleDef {
     ScheduleDef {
-        name: name.into(),
-        job: ScheduledJob {
-            queue: QueueName::new("q").unwrap(),
-            payload: b"tick".to_vec(),
-            priority: None,
-            max_attempts: None,
-            lease_ms: None,
-            ttl_ms: None,
-            headers: BTreeMap::new(),
-        },
-        trigger,
         catch_up: CatchUp::Skip,
-        overlap: Overlap::Allow,
-        jitter_ms: 0,
-        start_at: None,
-        end_at: None,
-        enabled: true,
-        origin: ScheduleOrigin::Api,
+        ..ScheduleDef::new(
+            name,
+            ScheduledJob::new(QueueName::new("q").unwrap(), b"tick".to_vec()),
+            trigger,
+        )
     }
 }
 

@@ -32,7 +32,7 @@ use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spool_core::{
-    CatchUp, JobId, JobOptions, Overlap, QueueName, ScheduleDef, ScheduleOrigin, ScheduledJob, SystemClock, Trigger,
+    CatchUp, JobId, JobOptions, QueueName, ScheduleDef, ScheduleOrigin, ScheduledJob, SystemClock, Trigger,
 };
 use spool_engine::{Broker, EngineConfig, NackAction, NewJob, ReserveRequest};
 use spool_scheduler::Scheduler;
@@ -197,24 +197,13 @@ fn dump(dir: PathBuf) -> Result<()> {
 /// The schedule the `schedule` mode runs: every second, every missed tick owed.
 fn tick_schedule() -> Result<ScheduleDef> {
     Ok(ScheduleDef {
-        name: "tick".into(),
-        job: ScheduledJob {
-            queue: QueueName::new("sched")?,
-            payload: b"tick".to_vec(),
-            priority: None,
-            max_attempts: None,
-            lease_ms: None,
-            ttl_ms: None,
-            headers: Default::default(),
-        },
-        trigger: Trigger::Every { every_ms: 1_000 },
         catch_up: CatchUp::All { limit: 100_000 },
-        overlap: Overlap::Allow,
-        jitter_ms: 0,
-        start_at: None,
-        end_at: None,
-        enabled: true,
         origin: ScheduleOrigin::Config,
+        ..ScheduleDef::new(
+            "tick",
+            ScheduledJob::new(QueueName::new("sched")?, b"tick".to_vec()),
+            Trigger::Every { every_ms: 1_000 },
+        )
     })
 }
 

@@ -1,10 +1,9 @@
 //! Periodic jobs: `SCHED.CREATE`, `SCHED.UPDATE`, `SCHED.DEL`, `SCHED.GET`, `SCHED.LIST`, `SCHED.HISTORY`,
 //! `SCHED.ENABLE`, `SCHED.DISABLE`, `SCHED.TRIGGER`. Times and durations on the wire are integers in ms.
 
-use std::collections::BTreeMap;
-
 use spool_core::{
     CatchUp, FiringKind, Overlap, Priority, QueueName, ScheduleDef, ScheduleOrigin, ScheduledJob, SpoolError, Trigger,
+    DEFAULT_CATCH_UP_LIMIT,
 };
 use spool_engine::{FiringInfo, PutMode, RunOutcome, ScheduleInfo};
 
@@ -14,7 +13,6 @@ use crate::frame::Frame;
 use crate::parse::{CommandError, Parse};
 
 /// `SCHED.CREATE … CATCHUP ALL` without `LIMIT` fires at most this many missed ticks.
-const DEFAULT_CATCH_UP_LIMIT: u32 = 100;
 
 #[derive(Debug)]
 pub(crate) enum ScheduleCmd {
@@ -40,26 +38,8 @@ fn parse_def(p: &mut Parse) -> Result<ScheduleDef, CommandError> {
     let name = p.next_string()?;
     let queue = QueueName::new(&p.next_string()?).map_err(|e| invalid("queue", e))?;
     let payload = p.next_bytes()?.to_vec();
-    let mut def = ScheduleDef {
-        name,
-        job: ScheduledJob {
-            queue,
-            payload,
-            priority: None,
-            max_attempts: None,
-            lease_ms: None,
-            ttl_ms: None,
-            headers: BTreeMap::new(),
-        },
-        trigger: Trigger::Every { every_ms: 0 },
-        catch_up: CatchUp::Skip,
-        overlap: Overlap::Allow,
-        jitter_ms: 0,
-        start_at: None,
-        end_at: None,
-        enabled: true,
-        origin: ScheduleOrigin::Api,
-    };
+    // The trigger is set once the options are read; `Every` stands in until then.
+    let mut def = ScheduleDef::new(name, ScheduledJob::new(queue, payload), Trigger::Every { every_ms: 0 });
     let (mut trigger, mut tz, mut catch_up) = (None, None, None);
     while p.remaining() > 0 {
         let keyword = p.next_keyword()?;
@@ -133,11 +113,7 @@ fn parse_def(p: &mut Parse) -> Result<ScheduleDef, CommandError> {
         (Some(trigger), None) => trigger,
         (None, _) => return Err(CommandError::syntax("one of CRON, EVERY or AT is required")),
     };
-    // A one-off that the daemon missed while down should still run, late, unless told otherwise.
-    def.catch_up = catch_up.unwrap_or(match def.trigger {
-        Trigger::Once { .. } => CatchUp::One,
-        _ => CatchUp::Skip,
-    });
+    def.catch_up = catch_up.unwrap_or_else(|| CatchUp::default_for(&def.trigger));
     Ok(def)
 }
 
