@@ -240,8 +240,8 @@ impl JobCmd {
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Frame, CommandError> {
         let broker = &ctx.shared.broker;
         match self {
-            JobCmd::Push(_) | JobCmd::PushMany(_) | JobCmd::Ack(_) => {
-                unreachable!("Command::apply applies {self:?} through its deferred form")
+            cmd @ (JobCmd::Push(_) | JobCmd::PushMany(_) | JobCmd::Ack(_)) => {
+                Ok(cmd.apply_deferred(ctx)?.durable().await?)
             }
             JobCmd::Fetch(mut req) => {
                 if !ctx.may_block {

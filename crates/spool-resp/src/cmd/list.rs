@@ -158,9 +158,7 @@ impl ListCmd {
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Frame, CommandError> {
         let broker = &ctx.shared.broker;
         match self {
-            ListCmd::Push { .. } | ListCmd::Pop { .. } => {
-                unreachable!("Command::apply applies {self:?} through its deferred form")
-            }
+            cmd @ (ListCmd::Push { .. } | ListCmd::Pop { .. }) => Ok(cmd.apply_deferred(ctx)?.durable().await?),
             ListCmd::BlockingPop { queues, timeout, end } => {
                 let req = ReserveRequest {
                     delivery: Delivery::Pop,

@@ -222,9 +222,6 @@ impl Command {
 
     /// Runs a command of a family module. Transaction control and `QUIT` belong to the connection handler.
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Frame, CommandError> {
-        if self.defers() {
-            return Ok(self.apply_deferred(ctx)?.durable().await?);
-        }
         match self {
             Command::Conn(cmd) => cmd.apply(ctx).await,
             Command::Job(cmd) => cmd.apply(ctx).await,
