@@ -348,7 +348,7 @@ impl Broker {
     /// Leases (or pops) up to `count` jobs from the queues, waiting up to `timeout` for the first one. Returns an
     /// empty list on timeout or shutdown.
     pub async fn reserve(&self, req: ReserveRequest) -> Result<Vec<Job>, SpoolError> {
-        let queues = self.reserve_queues(&req)?;
+        let queues = Self::reserve_queues(&self.lock().state, &req)?;
         let lease = req.delivery == Delivery::Lease;
         let deadline = tokio::time::Instant::now() + req.timeout;
         loop {
@@ -393,29 +393,28 @@ impl Broker {
     /// deletion (see [`Broker::apply_enqueue_batch`]): a popped job exists nowhere else, so its payload must not be
     /// handed over before [`Applied::durable`].
     pub fn apply_pop(&self, req: ReserveRequest) -> Result<Applied<Vec<Job>>, SpoolError> {
-        let queues = self.reserve_queues(&req)?;
-        if self.inner.shutting_down.load(Ordering::Acquire) {
-            return Ok(Applied::done(Vec::new()));
-        }
-        let (value, commit) =
-            self.apply(|state, now, fx| state.reserve(now, &queues, &req.order, req.end, false, req.count, fx));
+        // Checked and taken under one lock: this is the hot path of Redis list consumers.
+        let (value, commit) = self.apply(|state, now, fx| {
+            let queues = Self::reserve_queues(state, &req)?;
+            if self.inner.shutting_down.load(Ordering::Acquire) {
+                return Ok(Vec::new());
+            }
+            Ok::<_, SpoolError>(state.reserve(now, &queues, &req.order, req.end, false, req.count, fx))
+        });
         Ok(Applied {
-            value,
+            value: value?,
             commits: commit.into_iter().collect(),
         })
     }
 
     /// Checks a reservation's queues, count and weights; returns the queues' names.
-    fn reserve_queues(&self, req: &ReserveRequest) -> Result<Vec<QueueName>, SpoolError> {
-        let (queues, max_batch) = {
-            let locked = self.lock();
-            let queues = req
-                .queues
-                .iter()
-                .map(|q| locked.state.lookup_queue(q))
-                .collect::<Result<Vec<_>, _>>()?;
-            (queues, locked.state.max_batch())
-        };
+    fn reserve_queues(state: &State, req: &ReserveRequest) -> Result<Vec<QueueName>, SpoolError> {
+        let queues = req
+            .queues
+            .iter()
+            .map(|q| state.lookup_queue(q))
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_batch = state.max_batch();
         if queues.is_empty() {
             return Err(SpoolError::invalid("reserve needs at least one queue"));
         }
