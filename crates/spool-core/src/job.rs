@@ -98,9 +98,15 @@ pub struct Job {
     pub id: JobId,
     /// The queue the job lives in.
     pub queue: QueueName,
-    /// Opaque bytes; Spool never looks inside.
-    #[serde(with = "serde_bytes")]
+    /// Opaque bytes; Spool never looks inside. Not part of the job's serialised form: a store writes it after the
+    /// job's other fields, so that jobs can be loaded without it (see `payload_loaded`).
+    #[serde(skip)]
     pub payload: Vec<u8>,
+    /// Whether `payload` holds the payload. Jobs a store loads at start-up leave their payloads on disk (a large
+    /// backlog costs memory only for what is scheduled, not for what is carried) and have this false, with `payload`
+    /// empty, until the engine reads the payload back to hand the job out. Every job the engine hands out has it.
+    #[serde(skip)]
+    pub payload_loaded: bool,
     /// Higher is reserved first within the queue.
     pub priority: Priority,
     /// When the job was first accepted (ms since epoch).

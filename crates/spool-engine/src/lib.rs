@@ -212,7 +212,7 @@ struct Waiter {
     wake: oneshot::Sender<()>,
 }
 
-fn storage_error(e: StoreError) -> SpoolError {
+pub(crate) fn storage_error(e: StoreError) -> SpoolError {
     SpoolError::new(ErrorCode::Storage, e.to_string())
 }
 
@@ -225,7 +225,7 @@ impl Broker {
         }
         let snapshot = store.load().map_err(storage_error)?;
         let jobs = snapshot.jobs.len();
-        let state = State::restore(config, snapshot);
+        let state = State::restore(config, snapshot, store.clone());
         tracing::info!(jobs, "broker state restored");
         let broker = Broker {
             inner: Arc::new(Inner {
@@ -360,7 +360,7 @@ impl Broker {
                     .state
                     .reserve(now, &queues, &req.order, req.end, lease, req.count, fx);
                 // Registering under the same lock that found nothing means no job can become ready unseen.
-                let waiting = (jobs.is_empty() && !req.timeout.is_zero()).then(|| {
+                let waiting = (jobs.as_ref().is_ok_and(Vec::is_empty) && !req.timeout.is_zero()).then(|| {
                     let (tx, rx) = oneshot::channel();
                     // Reservers that timed out or were cancelled leave closed waiters behind; drop them here so a
                     // queue that never gets a job does not collect them forever.
@@ -379,7 +379,7 @@ impl Broker {
                 if let (Some(commit), false) = (commit, lease) {
                     commit.await.map_err(storage_error)?;
                 }
-                return Ok(jobs);
+                return jobs;
             };
             tokio::select! {
                 // Woken because a job became ready in one of our queues (or shutdown): loop and try to take it.
@@ -399,7 +399,7 @@ impl Broker {
             if self.inner.shutting_down.load(Ordering::Acquire) {
                 return Ok(Vec::new());
             }
-            Ok::<_, SpoolError>(state.reserve(now, &queues, &req.order, req.end, false, req.count, fx))
+            state.reserve(now, &queues, &req.order, req.end, false, req.count, fx)
         });
         Ok(Applied {
             value: value?,
@@ -482,8 +482,8 @@ impl Broker {
 
     /// A copy of a job (with its payload), or `NOTFOUND`.
     pub fn get(&self, id: JobId) -> Result<Job, SpoolError> {
-        let (job, _) = self.apply(|state, _, _| state.get(&id).cloned());
-        job.ok_or_else(|| SpoolError::not_found(format!("no job {id}")))
+        let (job, _) = self.apply(|state, _, _| state.get(&id).map(|job| state.with_payload(job)));
+        job.unwrap_or_else(|| Err(SpoolError::not_found(format!("no job {id}"))))
     }
 
     /// Stats of one queue.
@@ -512,13 +512,11 @@ impl Broker {
     pub fn peek(&self, queue: &str, end: End, offset: usize, limit: usize) -> Result<Vec<Job>, SpoolError> {
         let (jobs, _) = self.apply(|state, _, _| {
             let name = state.lookup_queue(queue)?;
-            Ok::<_, SpoolError>(
-                state
-                    .peek_ready(&name, end, offset, limit)
-                    .into_iter()
-                    .cloned()
-                    .collect(),
-            )
+            state
+                .peek_ready(&name, end, offset, limit)
+                .into_iter()
+                .map(|job| state.with_payload(job))
+                .collect()
         });
         jobs
     }
@@ -554,13 +552,11 @@ impl Broker {
     pub fn dead_list(&self, queue: Option<&str>, after: Option<JobId>, limit: usize) -> Result<Vec<Job>, SpoolError> {
         let (jobs, _) = self.apply(|state, _, _| {
             let queue = queue.map(QueueName::new).transpose()?;
-            Ok::<_, SpoolError>(
-                state
-                    .dead_list(queue.as_ref(), after, limit)
-                    .into_iter()
-                    .cloned()
-                    .collect(),
-            )
+            state
+                .dead_list(queue.as_ref(), after, limit)
+                .into_iter()
+                .map(|job| state.with_payload(job))
+                .collect()
         });
         jobs
     }

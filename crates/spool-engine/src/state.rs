@@ -17,10 +17,10 @@ use rand::Rng;
 use spool_core::{
     ErrorCode, Job, JobId, JobOptions, JobState, Lease, Priority, QueueName, Schedule, SpoolError, TimestampMs,
 };
-use spool_store::{Mutation, QueueRecord, Snapshot};
+use spool_store::{Mutation, QueueRecord, Snapshot, Store};
 
 use crate::config::{check_lease_ms, check_max_attempts, EngineConfig, QueueSettings};
-use crate::{DeadSelector, End, NackAction, QueueStats, ReserveOrder};
+use crate::{storage_error, DeadSelector, End, NackAction, QueueStats, ReserveOrder};
 
 /// Ready jobs of one queue: one FIFO (by enqueue sequence) per priority level.
 #[derive(Debug, Default)]
@@ -163,6 +163,9 @@ pub(crate) struct State {
     front_seq: u64,
     /// Schedules by name (their operations live in `schedules.rs`).
     pub(crate) schedules: BTreeMap<String, Schedule>,
+    /// Read here only for the payloads of jobs loaded without them (see `Job::payload_loaded`); writes go out
+    /// through `Effects`.
+    store: Arc<dyn Store>,
 }
 
 /// What a transition did, beyond its return value: writes to submit and queues that gained ready jobs.
@@ -188,7 +191,7 @@ fn wrong_lease(job: &Job, token: u64) -> SpoolError {
 
 impl State {
     /// Rebuilds the state from what the store holds.
-    pub fn restore(config: EngineConfig, snapshot: Snapshot) -> Self {
+    pub fn restore(config: EngineConfig, snapshot: Snapshot, store: Arc<dyn Store>) -> Self {
         let mut state = State {
             queues: config
                 .queues
@@ -203,6 +206,7 @@ impl State {
             next_seq: SEQ_ORIGIN,
             front_seq: SEQ_ORIGIN,
             schedules: BTreeMap::new(),
+            store,
         };
         for schedule in snapshot.schedules {
             state.schedules.insert(schedule.def.name.clone(), schedule);
@@ -213,6 +217,7 @@ impl State {
         for mut job in snapshot.jobs {
             // Leases are never stored, but a record written by another version might say so: such a job is ready.
             if job.state == JobState::Leased {
+                let job = Arc::make_mut(&mut job);
                 job.state = JobState::Ready;
                 job.lease = None;
             }
@@ -237,7 +242,7 @@ impl State {
             }
             state.queue_mut_or_create(&job.queue);
             state.index(&job);
-            state.jobs.insert(job.id, Arc::new(job));
+            state.jobs.insert(job.id, job);
         }
         state
     }
@@ -467,6 +472,7 @@ impl State {
             id: JobId::generate(now),
             queue,
             payload: new.payload,
+            payload_loaded: true,
             priority: o.priority.unwrap_or(Priority::DEFAULT),
             created_at: now,
             enqueued_at: now,
@@ -509,7 +515,7 @@ impl State {
         lease: bool,
         count: usize,
         fx: &mut Effects,
-    ) -> Vec<Job> {
+    ) -> Result<Vec<Job>, SpoolError> {
         let mut out = Vec::new();
         let mut rng = rand::thread_rng();
         while out.len() < count {
@@ -548,6 +554,24 @@ impl State {
                 self.delete(&slot, fx);
                 continue;
             }
+            if !slot.payload_loaded {
+                match self.read_payload(&slot.id) {
+                    Ok(payload) => {
+                        let job = Arc::make_mut(&mut slot);
+                        job.payload = payload;
+                        job.payload_loaded = true;
+                    }
+                    Err(e) => {
+                        // The job stays where it was, and what was already taken is handed out (a pop's jobs are
+                        // deleted already); the error reaches the caller when it is all there is.
+                        self.put(slot, fx);
+                        if out.is_empty() {
+                            return Err(e);
+                        }
+                        break;
+                    }
+                }
+            }
             if !lease {
                 self.queue_mut(&queue).counters.acked += 1;
                 self.delete(&slot, fx);
@@ -564,7 +588,26 @@ impl State {
             out.push(job.clone());
             self.put(slot, fx);
         }
-        out
+        Ok(out)
+    }
+
+    /// A copy of `job` with its payload, read back from the store if the job was loaded without it.
+    pub fn with_payload(&self, job: &Job) -> Result<Job, SpoolError> {
+        let mut job = job.clone();
+        if !job.payload_loaded {
+            job.payload = self.read_payload(&job.id)?;
+            job.payload_loaded = true;
+        }
+        Ok(job)
+    }
+
+    fn read_payload(&self, id: &JobId) -> Result<Vec<u8>, SpoolError> {
+        self.store.read_payload(id).map_err(storage_error)?.ok_or_else(|| {
+            SpoolError::new(
+                ErrorCode::Storage,
+                format!("the payload of job {id} is missing from the store"),
+            )
+        })
     }
 
     fn leased(&mut self, id: &JobId, token: u64) -> Result<Arc<Job>, SpoolError> {

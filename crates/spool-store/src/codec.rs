@@ -4,19 +4,26 @@
 //! meta name. The write-ahead log carries the same keys and values, and all of them live in sled's default tree. A
 //! batch is atomic because a group commit is one checksummed log record (a schedule's firing writes its job and its
 //! progress together); sled needs no atomic batches, as a checkpoint can always be repeated from the log.
-//! Values: one version byte, then postcard. The version byte lets a later build read today's records.
+//! Values: one version byte, then postcard. The version byte lets a later build read today's records. A job record
+//! (version 2) puts the payload last, after the length of the job's other fields, so that start-up decodes every job
+//! without copying a single payload, and the payload is read back only when the job is handed out.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use spool_core::JobId;
+use spool_core::{Job, JobId, QueueName};
 
 pub(crate) const JOB_PREFIX: u8 = b'j';
 pub(crate) const QUEUE_PREFIX: u8 = b'q';
 pub(crate) const SCHEDULE_PREFIX: u8 = b's';
 pub(crate) const SCHEMA_KEY: &[u8] = b"mschema";
 /// The layout this build writes. Bump it, and teach `decode` the old one, when a stored type changes shape.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
+/// Schema 1 wrote version 1 job records, which this build still reads (see `JobParts::V1`); opening such a directory
+/// moves it to schema 2, so that an older build refuses it once it may hold version 2 records.
+pub(crate) const SCHEMA_V1: u32 = 1;
 const VALUE_VERSION: u8 = 1;
+/// Job records since schema 2: `[2][length of the fields: u32 LE][the job's fields, postcard][payload]`.
+const JOB_VERSION: u8 = 2;
 
 pub(crate) fn job_key(id: &JobId) -> [u8; 17] {
     let mut key = [0u8; 17];
@@ -49,6 +56,96 @@ pub(crate) fn encode_into<T: Serialize>(value: &T, mut out: Vec<u8>) -> Vec<u8> 
     // Serialising our own plain structs into a Vec cannot fail: postcard errors only on unsupported serde features
     // (which our types do not use) or a full fixed buffer (which a Vec is not).
     postcard::to_extend(value, out).expect("postcard encoding of a store record")
+}
+
+/// A job's record, appended to `out`: the job without its payload (`Job::payload` is not serialised), then the
+/// payload if the job holds it. A job loaded without its payload encodes as a record with none, which the log writes
+/// as a merge (see [`merge_job`]).
+pub(crate) fn encode_job_into(job: &Job, mut out: Vec<u8>) -> Vec<u8> {
+    out.push(JOB_VERSION);
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let mut out = postcard::to_extend(job, out).expect("postcard encoding of a store record");
+    let meta_len = u32::try_from(out.len() - at - 4).expect("a job's fields are far below 4 GiB");
+    out[at..at + 4].copy_from_slice(&meta_len.to_le_bytes());
+    if job.payload_loaded {
+        out.extend_from_slice(&job.payload);
+    }
+    out
+}
+
+/// A job record's two parts: the postcard bytes of the job without its payload, and the payload.
+enum JobParts<'a> {
+    /// Version 2: the fields and the payload are contiguous slices.
+    V2 { meta: &'a [u8], payload: &'a [u8] },
+    /// Version 1 (schema 1): the payload was a field, the third (after the id and the queue). Postcard writes fields
+    /// in order with no framing, so the job's other fields are `head` then `tail`.
+    V1 {
+        head: &'a [u8],
+        payload: Vec<u8>,
+        tail: &'a [u8],
+    },
+}
+
+fn job_parts(bytes: &[u8]) -> Result<JobParts<'_>, String> {
+    match bytes.split_first() {
+        Some((&JOB_VERSION, rest)) => {
+            let len = rest
+                .get(..4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+                .ok_or("short job record")?;
+            let meta = rest.get(4..4 + len).ok_or("job record shorter than its fields")?;
+            Ok(JobParts::V2 {
+                meta,
+                payload: &rest[4 + len..],
+            })
+        }
+        Some((&VALUE_VERSION, body)) => {
+            let err = |e: postcard::Error| e.to_string();
+            let (_, after_head): ((JobId, QueueName), _) = postcard::take_from_bytes(body).map_err(err)?;
+            let (payload, tail): (serde_bytes::ByteBuf, _) = postcard::take_from_bytes(after_head).map_err(err)?;
+            Ok(JobParts::V1 {
+                head: &body[..body.len() - after_head.len()],
+                payload: payload.into_vec(),
+                tail,
+            })
+        }
+        Some((v, _)) => Err(format!("unknown job record version {v}")),
+        None => Err("empty value".into()),
+    }
+}
+
+/// A job from its record, without its payload (`payload_loaded` is false): start-up reads every job and holds none
+/// of their payloads.
+pub(crate) fn decode_job(bytes: &[u8]) -> Result<Job, String> {
+    match job_parts(bytes)? {
+        JobParts::V2 { meta, .. } => postcard::from_bytes(meta).map_err(|e| e.to_string()),
+        JobParts::V1 { head, tail, .. } => postcard::from_bytes(&[head, tail].concat()).map_err(|e| e.to_string()),
+    }
+}
+
+/// The payload in a job's record.
+pub(crate) fn job_payload(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    Ok(match job_parts(bytes)? {
+        JobParts::V2 { payload, .. } => payload.to_vec(),
+        JobParts::V1 { payload, .. } => payload,
+    })
+}
+
+/// `update`'s fields with `stored`'s payload: what a put of a job loaded without its payload leaves on disk.
+pub(crate) fn merge_job(update: &[u8], stored: &[u8]) -> Result<Vec<u8>, String> {
+    let JobParts::V2 { meta, payload } = job_parts(update)? else {
+        return Err("a merge carries a version 2 record".into());
+    };
+    if !payload.is_empty() {
+        return Err("a merge carries no payload".into());
+    }
+    let stored = job_payload(stored)?;
+    let mut out = Vec::with_capacity(1 + 4 + meta.len() + stored.len());
+    out.push(JOB_VERSION);
+    out.extend_from_slice(&update[1..1 + 4 + meta.len()]);
+    out.extend_from_slice(&stored);
+    Ok(out)
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {

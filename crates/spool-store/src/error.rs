@@ -43,6 +43,14 @@ pub enum StoreError {
         /// What failed.
         reason: String,
     },
+    /// A record could not be read back.
+    #[error("read from {path} failed: {reason}")]
+    Read {
+        /// The directory.
+        path: PathBuf,
+        /// What sled said.
+        reason: String,
+    },
     /// The store has been closed.
     #[error("the store is closed")]
     Closed,

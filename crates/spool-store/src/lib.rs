@@ -51,7 +51,8 @@ pub struct QueueRecord {
 /// One change to the durable record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
-    /// Insert or replace a job. Shared with the engine's state, which keeps the same job: a put costs no copy.
+    /// Insert or replace a job. Shared with the engine's state, which keeps the same job: a put costs no copy. A job
+    /// without its payload (`payload_loaded` false) keeps the payload already stored.
     PutJob(Arc<Job>),
     /// Remove a job (acked, cancelled, purged, expired).
     DeleteJob(JobId),
@@ -67,8 +68,9 @@ pub enum Mutation {
 /// Everything the store holds, as read at start-up.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Every stored job, in id order.
-    pub jobs: Vec<Job>,
+    /// Every stored job, in id order, without payloads. Each in the allocation the engine keeps it in: a million
+    /// jobs moved out of one big vector would need that vector's 300 MB on top of their own at start-up.
+    pub jobs: Vec<Arc<Job>>,
     /// Every stored queue record.
     pub queues: Vec<QueueRecord>,
     /// Every stored schedule, in name order.
@@ -77,8 +79,13 @@ pub struct Snapshot {
 
 /// A durable record of jobs, queues and schedules.
 pub trait Store: Send + Sync + Debug + 'static {
-    /// Reads everything stored. Called once, before the first `submit`.
+    /// Reads everything stored, jobs without their payloads (`payload_loaded` false). Called once, before the first
+    /// `submit`.
     fn load(&self) -> Result<Snapshot, StoreError>;
+
+    /// The payload of a job that `load` returned, or `None` if no such job is stored. A job's payload is written by
+    /// each put that carries it (`payload_loaded`) and removed with the job.
+    fn read_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Queues `batch` to be applied atomically after every batch submitted before it. The returned [`Commit`]
     /// resolves when the batch is durable as configured; dropping it does not cancel the write.

@@ -10,7 +10,10 @@ use crate::{Commit, Mutation, QueueRecord, Snapshot, Store, StoreError};
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Jobs without their payloads, which live apart, so that engine tests restarting on a
+    /// `MemStore` load jobs the way the daemon does.
     jobs: BTreeMap<JobId, Job>,
+    payloads: BTreeMap<JobId, Vec<u8>>,
     queues: BTreeMap<String, QueueRecord>,
     schedules: BTreeMap<String, Schedule>,
 }
@@ -30,7 +33,7 @@ impl Store for MemStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let inner = self.0.lock().expect("mem store lock");
         Ok(Snapshot {
-            jobs: inner.jobs.values().cloned().collect(),
+            jobs: inner.jobs.values().cloned().map(Arc::new).collect(),
             queues: inner.queues.values().cloned().collect(),
             schedules: inner.schedules.values().cloned().collect(),
         })
@@ -41,10 +44,16 @@ impl Store for MemStore {
         for mutation in batch {
             match mutation {
                 Mutation::PutJob(job) => {
-                    inner.jobs.insert(job.id, Arc::unwrap_or_clone(job));
+                    let mut job = Arc::unwrap_or_clone(job);
+                    if job.payload_loaded {
+                        inner.payloads.insert(job.id, std::mem::take(&mut job.payload));
+                        job.payload_loaded = false;
+                    }
+                    inner.jobs.insert(job.id, job);
                 }
                 Mutation::DeleteJob(id) => {
                     inner.jobs.remove(&id);
+                    inner.payloads.remove(&id);
                 }
                 Mutation::PutQueue(record) => {
                     inner.queues.insert(record.name.to_string(), record);
@@ -58,6 +67,10 @@ impl Store for MemStore {
             }
         }
         Commit::ready(Ok(()))
+    }
+
+    fn read_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.0.lock().expect("mem store lock").payloads.get(id).cloned())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

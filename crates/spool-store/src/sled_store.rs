@@ -19,6 +19,7 @@
 //! active one, one the writer is waiting to hand over, the queue, and the checkpointer's), and sled holds the live
 //! records.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,11 +28,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use spool_core::Job;
+use spool_core::{Job, JobId, QueueName};
 use tokio::sync::oneshot;
 
-use crate::codec::{self, JOB_PREFIX, QUEUE_PREFIX, SCHEDULE_PREFIX, SCHEMA_KEY, SCHEMA_VERSION};
-use crate::wal::{self, NetWrites, ReadError, RecordBuf, Segment};
+use crate::codec::{self, JOB_PREFIX, QUEUE_PREFIX, SCHEDULE_PREFIX, SCHEMA_KEY, SCHEMA_V1, SCHEMA_VERSION};
+use crate::wal::{self, Net, NetWrites, ReadError, RecordBuf, Segment};
 use crate::{Commit, Durability, Mutation, QueueRecord, Snapshot, Store, StoreError};
 
 /// Full log segments that may wait for the checkpointer before the writer stops taking commits.
@@ -137,6 +138,7 @@ impl SledStore {
             .open()
             .map_err(|e| open_err(e.to_string()))?;
 
+        let mut schema_v1 = false;
         match db.get(SCHEMA_KEY).map_err(|e| open_err(e.to_string()))? {
             Some(bytes) => {
                 let found = codec::decode::<u32>(&bytes).map_err(|reason| StoreError::Corrupt {
@@ -144,12 +146,16 @@ impl SledStore {
                     key: "schema".into(),
                     reason,
                 })?;
-                if found != SCHEMA_VERSION {
-                    return Err(StoreError::Schema {
-                        path,
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
+                match found {
+                    SCHEMA_VERSION => {}
+                    SCHEMA_V1 => schema_v1 = true,
+                    _ => {
+                        return Err(StoreError::Schema {
+                            path,
+                            found,
+                            supported: SCHEMA_VERSION,
+                        })
+                    }
                 }
             }
             None => {
@@ -182,6 +188,9 @@ impl SledStore {
             StoreError::Write { reason, .. } => open_err(reason),
             other => other,
         })?;
+        if schema_v1 {
+            checkpoint.upgrade_schema_v1()?;
+        }
         let segment = Segment::create(&wal_dir, leftover.last().map_or(1, |seq| seq + 1))
             .map_err(|e| open_err(format!("cannot start a write-ahead log segment: {e}")))?;
 
@@ -238,11 +247,7 @@ impl SledStore {
     }
 
     fn corrupt(&self, key: &[u8], reason: String) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.clone(),
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason,
-        }
+        corrupt(&self.path, key, reason)
     }
 
     fn send(&self, request: Request) -> Result<(), StoreError> {
@@ -262,7 +267,7 @@ impl SledStore {
     /// and copies raw records into chunks, a helper decodes each chunk while the next is read. Copying first also
     /// means the decoded jobs do not interleave on the heap with sled's short-lived read buffers, which would leave
     /// the heap fragmented (and the daemon's RSS higher) once those are freed.
-    fn load_jobs(&self) -> Result<Vec<Job>, StoreError> {
+    fn load_jobs(&self) -> Result<Vec<Arc<Job>>, StoreError> {
         struct Chunk {
             bytes: Vec<u8>,
             /// (end offset of the key, end offset of the value) per record.
@@ -275,12 +280,20 @@ impl SledStore {
         std::thread::scope(|scope| {
             let decoder = scope.spawn(move || {
                 let mut jobs = Vec::new();
+                // One allocation per queue name rather than one per job (~32 bytes a job).
+                let mut queues = HashSet::new();
                 for chunk in rx {
                     let mut start = 0;
                     for &(key_end, value_end) in &chunk.ends {
-                        let job: Job = codec::decode(&chunk.bytes[key_end..value_end])
+                        let mut job = codec::decode_job(&chunk.bytes[key_end..value_end])
                             .map_err(|r| self.corrupt(&chunk.bytes[start..key_end], r))?;
-                        jobs.push(job);
+                        match queues.get(&job.queue) {
+                            Some(shared) => job.queue = QueueName::clone(shared),
+                            None => {
+                                queues.insert(job.queue.clone());
+                            }
+                        }
+                        jobs.push(Arc::new(job));
                         start = value_end;
                     }
                 }
@@ -366,6 +379,19 @@ impl Store for SledStore {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Request::Flush(tx))?;
         rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    fn read_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
+        // A job loaded without its payload has its whole record in sled: `load` reads sled after folding the log
+        // into it, and a later put of such a job leaves the payload as it was (a merge).
+        let key = codec::job_key(id);
+        let value = self.db.get(key).map_err(|e| StoreError::Read {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        value
+            .map(|v| codec::job_payload(&v).map_err(|r| self.corrupt(&key, r)))
+            .transpose()
     }
 
     fn disk_bytes(&self) -> u64 {
@@ -588,14 +614,22 @@ impl Checkpoint {
         let mut in_batch = 0usize;
         for (key, value) in net {
             match value {
-                Some(value) => batch.insert(key, value),
+                Net::Put(value) => batch.insert(key, value),
                 // Most deletes are of jobs put in the same segments, which sled never saw: skip them rather than
                 // have sled log a removal of nothing.
-                None => {
+                Net::Delete => {
                     if !self.db.contains_key(&key).map_err(|e| self.write_err(e.to_string()))? {
                         continue;
                     }
                     batch.remove(key);
+                }
+                Net::Merge(update) => {
+                    let stored = self.db.get(&key).map_err(|e| self.write_err(e.to_string()))?;
+                    let merged = stored
+                        .ok_or_else(|| "a job record to merge is not in sled".to_string())
+                        .and_then(|stored| codec::merge_job(&update, &stored))
+                        .map_err(|r| corrupt(&self.path, &key, r))?;
+                    batch.insert(key, merged);
                 }
             }
             in_batch += 1;
@@ -616,6 +650,18 @@ impl Checkpoint {
                 .and_then(|()| File::open(&self.wal_dir)?.sync_all())
                 .map_err(|e| self.write_err(e.to_string()))?;
         }
+        Ok(())
+    }
+
+    /// Marks a schema 1 directory as schema 2, durably, before anything is written to it: its records stay as they
+    /// are (this build reads version 1 job records), and a build that knows only schema 1 refuses it from now on.
+    fn upgrade_schema_v1(&mut self) -> Result<(), StoreError> {
+        self.db
+            .insert(SCHEMA_KEY, codec::encode(&SCHEMA_VERSION))
+            .map_err(|e| self.write_err(e.to_string()))?;
+        self.db.flush().map_err(|e| self.write_err(e.to_string()))?;
+        self.syncer.sync().map_err(|e| self.write_err(e.to_string()))?;
+        tracing::info!(path = %self.path.display(), "store schema 1 marked as schema 2 (records unchanged)");
         Ok(())
     }
 
@@ -677,6 +723,14 @@ impl FileSyncer {
             self.blob_high_water = newest;
         }
         Ok(())
+    }
+}
+
+fn corrupt(path: &Path, key: &[u8], reason: String) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
     }
 }
 

@@ -9,7 +9,8 @@
 //!
 //! Layout: `<data>/wal/<sequence>.wal`, sequence numbers zero-padded so names sort in log order. A segment is a run of
 //! records; a record is `[payload length: u32 LE][crc32 of payload: u32 LE][payload]`, and its payload is a run of
-//! operations, `P` + key length (u32 LE) + key + value length (u32 LE) + value, or `D` + key length + key. One record
+//! operations, `P` + key length (u32 LE) + key + value length (u32 LE) + value, `M` (the same for a job record to be
+//! given the payload already stored: see `codec::merge_job`), or `D` + key length + key. One record
 //! holds one group commit, so it is atomic: it is either read back whole or not at all.
 
 use std::collections::BTreeMap;
@@ -23,9 +24,19 @@ use crate::Mutation;
 const HEADER: usize = 8;
 const PUT: u8 = b'P';
 const DELETE: u8 = b'D';
+const MERGE: u8 = b'M';
 
-/// The net effect of a run of records: the last write of each key (`None` = deleted).
-pub(crate) type NetWrites = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// What a run of records leaves of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Net {
+    Put(Vec<u8>),
+    Delete,
+    /// A job record's new fields, to be given the payload of the record in sled (see `codec::merge_job`).
+    Merge(Vec<u8>),
+}
+
+/// The net effect of a run of records, per key.
+pub(crate) type NetWrites = BTreeMap<Vec<u8>, Net>;
 
 /// One record being built: header space first, then operations, so it is written with one `write` call.
 #[derive(Debug)]
@@ -45,7 +56,12 @@ impl RecordBuf {
 
     pub(crate) fn push(&mut self, mutation: Mutation) {
         match mutation {
-            Mutation::PutJob(job) => self.put(&codec::job_key(&job.id), &*job),
+            Mutation::PutJob(job) => {
+                // A job loaded without its payload has it stored already, unchanged since: its new fields are
+                // merged with the payload on disk.
+                let tag = if job.payload_loaded { PUT } else { MERGE };
+                self.value(tag, &codec::job_key(&job.id), |out| codec::encode_job_into(&job, out));
+            }
             Mutation::DeleteJob(id) => self.delete(&codec::job_key(&id)),
             Mutation::PutQueue(record) => self.put(&codec::queue_key(record.name.as_str()), &record),
             Mutation::PutSchedule(schedule) => self.put(&codec::schedule_key(&schedule.def.name), &*schedule),
@@ -54,11 +70,15 @@ impl RecordBuf {
     }
 
     fn put<T: serde::Serialize>(&mut self, key: &[u8], value: &T) {
-        self.key(PUT, key);
+        self.value(PUT, key, |out| codec::encode_into(value, out));
+    }
+
+    fn value(&mut self, tag: u8, key: &[u8], encode: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+        self.key(tag, key);
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]);
         // Encoding straight into the record saves an allocation and a copy per mutation on the hot path.
-        self.buf = codec::encode_into(value, std::mem::take(&mut self.buf));
+        self.buf = encode(std::mem::take(&mut self.buf));
         let len = len_u32(self.buf.len() - at - 4);
         self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
     }
@@ -225,20 +245,27 @@ fn apply_ops(mut payload: &[u8], net: &mut NetWrites) -> Result<(), String> {
     while let Some((&tag, rest)) = payload.split_first() {
         let (key, rest) = take_field(rest)?;
         payload = match tag {
-            PUT => {
+            PUT | MERGE => {
                 let (value, rest) = take_field(rest)?;
-                ops.push((key, Some(value)));
+                ops.push((tag, key, value));
                 rest
             }
             DELETE => {
-                ops.push((key, None));
+                ops.push((tag, key, &[][..]));
                 rest
             }
             other => return Err(format!("unknown operation tag {other:#04x}")),
         };
     }
-    for (key, value) in ops {
-        net.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+    for (tag, key, value) in ops {
+        let next = match (tag, net.get(key)) {
+            (PUT, _) => Net::Put(value.to_vec()),
+            (DELETE, _) => Net::Delete,
+            (_, Some(Net::Put(stored))) => Net::Put(codec::merge_job(value, stored)?),
+            (_, Some(Net::Delete)) => return Err("a merge into a deleted record".into()),
+            (_, Some(Net::Merge(_)) | None) => Net::Merge(value.to_vec()),
+        };
+        net.insert(key.to_vec(), next);
     }
     Ok(())
 }
@@ -292,8 +319,11 @@ mod tests {
         let mut net = NetWrites::new();
         read_segment(dir.path(), 1, false, &mut net).unwrap();
         assert_eq!(net.len(), 3);
-        assert_eq!(net[&codec::job_key(&gone).to_vec()], None);
-        let a: QueueRecord = codec::decode(net[&codec::queue_key("a")].as_ref().unwrap()).unwrap();
+        assert_eq!(net[&codec::job_key(&gone).to_vec()], Net::Delete);
+        let Net::Put(a) = &net[&codec::queue_key("a")] else {
+            panic!("queue a is put")
+        };
+        let a: QueueRecord = codec::decode(a).unwrap();
         assert!(a.paused, "the later write of `a` wins");
     }
 
