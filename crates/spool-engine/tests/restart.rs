@@ -1,12 +1,18 @@
 //! What survives a restart on the sled store: every stored job, in its stored state and order, the dead-letter queue
 //! and paused queues. By design reservations, extends and promotions are not written, so a job leased at the restart
 //! comes back ready with the attempts of its last stored write, and a delayed job is promoted when its time comes.
+//! Jobs come back without their payloads, which the engine reads back as it hands each job out.
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use common::*;
-use spool_core::{ErrorCode, Jitter, JobOptions, JobState, ManualClock, Priority, RetryPolicy};
-use spool_engine::{Broker, NackAction};
+use spool_core::{ErrorCode, Jitter, Job, JobId, JobOptions, JobState, ManualClock, Priority, RetryPolicy, SpoolError};
+use spool_engine::{Broker, Delivery, End, EngineConfig, NackAction, ReserveRequest};
+use spool_store::{Commit, MemStore, Mutation, Snapshot, Store, StoreError};
 
 /// Drops the broker (and with it the store, which drains and syncs its writer) and opens the same directory again.
 fn restart(broker: Broker, dir: &std::path::Path, clock: &ManualClock) -> Broker {
@@ -222,4 +228,80 @@ async fn unique_keys_are_held_across_a_restart() {
     let broker = restart(broker, dir.path(), &clock);
     let dup = broker.enqueue(job_with("default", "b", unique)).await.unwrap();
     assert_eq!((dup.id, dup.duplicate), (holder.id, true));
+}
+
+/// A `MemStore` whose payload reads fail while `failing` is set: a disk error on the path that reads payloads back.
+#[derive(Debug)]
+struct FailingReads {
+    inner: MemStore,
+    failing: Arc<AtomicBool>,
+}
+
+impl Store for FailingReads {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.inner.load()
+    }
+
+    fn read_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Read {
+                path: "test".into(),
+                reason: "injected I/O error".into(),
+            });
+        }
+        self.inner.read_payload(id)
+    }
+
+    fn submit(&self, batch: Vec<Mutation>) -> Commit {
+        self.inner.submit(batch)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        0
+    }
+}
+
+#[tokio::test]
+async fn a_payload_that_cannot_be_read_back_leaves_its_job_in_place() {
+    let (broker, clock, store) = mem_broker_with(EngineConfig::default());
+    let ids = [
+        put(&broker, job("default", "a")).await,
+        put(&broker, job("default", "b")).await,
+    ];
+    drop(broker);
+    let failing = Arc::new(AtomicBool::new(true));
+    let store = FailingReads {
+        inner: store,
+        failing: failing.clone(),
+    };
+    let broker = Broker::open(Arc::new(store), Arc::new(clock.clone()), EngineConfig::default()).unwrap();
+    let pop = || {
+        let mut req = ReserveRequest::new(vec!["default".into()], 1, Duration::ZERO);
+        req.delivery = Delivery::Pop;
+        req
+    };
+
+    // Every way a job leaves the engine reads its payload, and fails without taking or losing the job.
+    let storage = |r: Result<Vec<Job>, SpoolError>| assert_eq!(r.unwrap_err().code, ErrorCode::Storage);
+    storage(broker.reserve(pop()).await);
+    assert!(matches!(broker.apply_pop(pop()), Err(e) if e.code == ErrorCode::Storage));
+    storage(
+        broker
+            .reserve(ReserveRequest::new(vec!["default".into()], 2, Duration::ZERO))
+            .await,
+    );
+    storage(broker.peek("default", End::Next, 0, 10));
+    assert_eq!(broker.get(ids[0]).unwrap_err().code, ErrorCode::Storage);
+    assert_eq!(counts(&broker, "default"), (2, 0, 0, 0, 0));
+
+    failing.store(false, Ordering::SeqCst);
+    let popped = broker.reserve(pop()).await.unwrap();
+    assert_eq!(labels(&popped), ["a"]);
+    let leased = take_one(&broker, "default").await;
+    assert_eq!((leased.id, leased.payload.as_slice()), (ids[1], &b"b"[..]));
+    assert_eq!(counts(&broker, "default"), (0, 0, 1, 0, 0));
 }
