@@ -66,6 +66,9 @@ pub struct EngineConfig {
     pub max_payload_bytes: usize,
     /// Most jobs in one enqueue batch or one reservation. Default 1,000.
     pub max_batch: usize,
+    /// Payload bytes kept in memory before the payloads of jobs already in the store's checkpoint are dropped (and
+    /// read back when each job is handed out). Default 256 MiB.
+    pub payload_memory_bytes: usize,
     /// Whether enqueueing to an unknown queue creates it (default) or fails with `NOQUEUE`.
     pub auto_create_queues: bool,
     /// Settings of queues created on first use.
@@ -88,6 +91,7 @@ impl Default for EngineConfig {
         Self {
             max_payload_bytes: 1024 * 1024,
             max_batch: 1_000,
+            payload_memory_bytes: 256 * 1024 * 1024,
             auto_create_queues: true,
             queue_defaults: QueueSettings::default(),
             queues,

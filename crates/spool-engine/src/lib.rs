@@ -196,6 +196,30 @@ struct Inner {
     schedules_changed: Notify,
     shutting_down: AtomicBool,
     shutdown: Notify,
+    /// Jobs the store's checkpoints reported, for the timer task to release their payloads (see
+    /// `State::release_payloads`). The store's listener holds this and not the broker, so that a checkpoint never
+    /// holds the last reference to the broker (and so to the store whose thread it runs on).
+    checkpointed: Arc<Checkpointed>,
+}
+
+#[derive(Debug, Default)]
+struct Checkpointed {
+    ids: Mutex<Vec<JobId>>,
+    wake: Notify,
+}
+
+impl Checkpointed {
+    /// At most this many ids wait (16 MiB); past it a checkpoint's jobs keep their payloads in memory, which costs
+    /// only memory, and only when nothing releases them (a broker without a timer task).
+    const MAX_PENDING: usize = 1 << 20;
+
+    fn push(&self, ids: &[JobId]) {
+        let mut pending = self.ids.lock().expect("checkpointed ids lock");
+        let room = Self::MAX_PENDING.saturating_sub(pending.len());
+        pending.extend_from_slice(&ids[..ids.len().min(room)]);
+        drop(pending);
+        self.wake.notify_one();
+    }
 }
 
 /// The state plus the reservers waiting for a job, under one lock so that "a job became ready" and "wake a waiter"
@@ -227,6 +251,11 @@ impl Broker {
         let jobs = snapshot.jobs.len();
         let state = State::restore(config, snapshot, store.clone());
         tracing::info!(jobs, "broker state restored");
+        let checkpointed = Arc::new(Checkpointed::default());
+        store.set_checkpoint_listener(Box::new({
+            let checkpointed = checkpointed.clone();
+            move |ids| checkpointed.push(ids)
+        }));
         let broker = Broker {
             inner: Arc::new(Inner {
                 state: Mutex::new(Locked {
@@ -239,6 +268,7 @@ impl Broker {
                 schedules_changed: Notify::new(),
                 shutting_down: AtomicBool::new(false),
                 shutdown: Notify::new(),
+                checkpointed,
             }),
         };
         // Jobs that were due while the broker was down (delays, retries, expiries) are handled now, before any door
@@ -666,11 +696,27 @@ impl Broker {
         let (_, commit) = self.apply(|_, _, _| ());
         // Timer writes (a lost lease's retry, an expiry) answer no caller; they are ordered like every other write.
         drop(commit);
+        self.release_checkpointed();
+    }
+
+    /// Drops the payloads of jobs the store's checkpoints reported, while over the memory budget
+    /// (`EngineConfig::payload_memory_bytes`), a chunk per lock so that clients wait little.
+    fn release_checkpointed(&self) {
+        let ids = std::mem::take(&mut *self.inner.checkpointed.ids.lock().expect("checkpointed ids lock"));
+        for chunk in ids.chunks(1_024) {
+            self.lock().state.release_payloads(chunk);
+        }
     }
 
     /// Total live jobs and queues (for logs and INFO).
     pub fn totals(&self) -> (usize, usize) {
         self.lock().state.counts()
+    }
+
+    /// Bytes of job payloads held in memory (for INFO): those of jobs received since start, up to the budget once
+    /// their jobs are checkpointed, and those read back for delivery.
+    pub fn payload_memory_bytes(&self) -> usize {
+        self.lock().state.payload_bytes()
     }
 
     /// Fires timers as they fall due until shutdown. Sleeps until the earliest timer, and wakes early when an
@@ -686,6 +732,7 @@ impl Broker {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
                 _ = self.inner.timer_changed.notified() => {}
+                _ = self.inner.checkpointed.wake.notified() => {}
                 _ = self.inner.shutdown.notified() => return,
             }
             if self.inner.shutting_down.load(Ordering::Acquire) {

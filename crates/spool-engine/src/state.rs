@@ -166,6 +166,8 @@ pub(crate) struct State {
     /// Read here only for the payloads of jobs loaded without them (see `Job::payload_loaded`); writes go out
     /// through `Effects`.
     store: Arc<dyn Store>,
+    /// Bytes of the payloads held in `jobs`, kept by `index` and `unindex`.
+    payload_bytes: usize,
 }
 
 /// What a transition did, beyond its return value: writes to submit and queues that gained ready jobs.
@@ -207,6 +209,7 @@ impl State {
             front_seq: SEQ_ORIGIN,
             schedules: BTreeMap::new(),
             store,
+            payload_bytes: 0,
         };
         for schedule in snapshot.schedules {
             state.schedules.insert(schedule.def.name.clone(), schedule);
@@ -282,6 +285,9 @@ impl State {
 
     /// Adds `job` to the indexes of its state. Every state change is `unindex`, change, `index`.
     fn index(&mut self, job: &Job) {
+        if job.payload_loaded {
+            self.payload_bytes += job.payload.len();
+        }
         if let Some(due) = Self::timer_of(job) {
             self.timers.insert((due, job.id));
         }
@@ -299,6 +305,9 @@ impl State {
     }
 
     fn unindex(&mut self, job: &Job) {
+        if job.payload_loaded {
+            self.payload_bytes -= job.payload.len();
+        }
         if let Some(due) = Self::timer_of(job) {
             self.timers.remove(&(due, job.id));
         }
@@ -951,5 +960,28 @@ impl State {
 
     pub fn counts(&self) -> (usize, usize) {
         (self.jobs.len(), self.queues.len())
+    }
+
+    pub fn payload_bytes(&self) -> usize {
+        self.payload_bytes
+    }
+
+    /// Drops from memory, while more than the configured bytes of payloads are held, the payloads of `ids`: jobs
+    /// whose records the store's checkpoint now holds whole, so that `read_payload` finds them (the payload of a job
+    /// never changes, and only deleting the job removes its record).
+    pub fn release_payloads(&mut self, ids: &[JobId]) {
+        for id in ids {
+            if self.payload_bytes <= self.config.payload_memory_bytes {
+                return;
+            }
+            if let Some(slot) = self.jobs.get_mut(id) {
+                if slot.payload_loaded {
+                    let job = Arc::make_mut(slot);
+                    self.payload_bytes -= job.payload.len();
+                    job.payload = Vec::new();
+                    job.payload_loaded = false;
+                }
+            }
+        }
     }
 }

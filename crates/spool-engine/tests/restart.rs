@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use spool_core::{ErrorCode, Jitter, Job, JobId, JobOptions, JobState, ManualClock, Priority, RetryPolicy, SpoolError};
 use spool_engine::{Broker, Delivery, End, EngineConfig, NackAction, ReserveRequest};
-use spool_store::{Commit, MemStore, Mutation, Snapshot, Store, StoreError};
+use spool_store::{CheckpointListener, Commit, MemStore, Mutation, Snapshot, Store, StoreError};
 
 /// Drops the broker (and with it the store, which drains and syncs its writer) and opens the same directory again.
 fn restart(broker: Broker, dir: &std::path::Path, clock: &ManualClock) -> Broker {
@@ -260,6 +260,10 @@ impl Store for FailingReads {
         self.inner.flush()
     }
 
+    fn set_checkpoint_listener(&self, listener: CheckpointListener) {
+        self.inner.set_checkpoint_listener(listener)
+    }
+
     fn disk_bytes(&self) -> u64 {
         0
     }
@@ -304,4 +308,43 @@ async fn a_payload_that_cannot_be_read_back_leaves_its_job_in_place() {
     let leased = take_one(&broker, "default").await;
     assert_eq!((leased.id, leased.payload.as_slice()), (ids[1], &b"b"[..]));
     assert_eq!(counts(&broker, "default"), (0, 0, 1, 0, 0));
+}
+
+#[tokio::test]
+async fn past_the_memory_budget_checkpointed_payloads_are_dropped_and_read_back() {
+    let config = EngineConfig {
+        payload_memory_bytes: 10,
+        ..EngineConfig::default()
+    };
+    let (broker, _clock, store) = mem_broker_with(config);
+    let labels_put = ["job-0", "job-1", "job-2", "job-3"];
+    for label in labels_put {
+        put(&broker, job("default", label)).await;
+    }
+    broker.tick();
+    assert_eq!(
+        broker.payload_memory_bytes(),
+        20,
+        "nothing is dropped before a checkpoint"
+    );
+
+    store.checkpoint();
+    broker.tick();
+    assert_eq!(
+        broker.payload_memory_bytes(),
+        10,
+        "dropped down to the budget, not below"
+    );
+
+    let jobs = take(&broker, &["default"], 4).await;
+    assert_eq!(labels(&jobs), labels_put);
+    assert_eq!(
+        broker.payload_memory_bytes(),
+        20,
+        "leased jobs hold their payloads again"
+    );
+    for j in jobs {
+        broker.ack(j.id, j.lease.unwrap().token).await.unwrap();
+    }
+    assert_eq!(broker.payload_memory_bytes(), 0);
 }

@@ -522,3 +522,70 @@ async fn replies_before_a_blocking_command_are_not_held_back() -> anyhow::Result
     server.stop().await;
     Ok(())
 }
+
+/// `INFO spool`'s `payload_memory_bytes`.
+async fn payload_memory(c: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("spool").query_async(c).await?;
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix("payload_memory_bytes:"))
+        .ok_or_else(|| anyhow::anyhow!("no payload_memory_bytes in {info}"))?;
+    Ok(line.trim().parse()?)
+}
+
+#[tokio::test]
+async fn past_the_memory_budget_checkpointed_payloads_leave_memory_and_come_back_on_delivery() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Small segments, so that checkpoints happen within the test; no payload memory at all once checkpointed.
+    let store = SledStore::open(SledConfig {
+        segment_bytes: 64 * 1024,
+        ..SledConfig::new(dir.path())
+    })?;
+    let config = EngineConfig {
+        payload_memory_bytes: 0,
+        ..EngineConfig::default()
+    };
+    let broker = Broker::open(Arc::new(store), Arc::new(SystemClock), config)?;
+    let timers = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.run_timers().await }
+    });
+    let server = common::start_with(broker, RespConfig::default()).await;
+    let mut c = server.client().await;
+
+    const JOBS: usize = 2_000;
+    let payload = |n: usize| format!("{n:05}-{}", "x".repeat(94));
+    let mut pipe = redis::pipe();
+    for n in 0..JOBS {
+        pipe.lpush("q", payload(n)).ignore();
+    }
+    let () = pipe.query_async(&mut c).await?;
+    let pushed = (JOBS * payload(0).len()) as u64;
+
+    // The checkpointer folds each full 64 KiB segment into sled and reports its jobs; the timer task then drops their
+    // payloads. Only the jobs of the segment still being written keep theirs.
+    let mut held = payload_memory(&mut c).await?;
+    for _ in 0..1_000 {
+        if held < pushed / 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        held = payload_memory(&mut c).await?;
+    }
+    assert!(held < pushed / 4, "{held} of {pushed} payload bytes still in memory");
+
+    let mut popped: Vec<String> = Vec::new();
+    for _ in 0..JOBS / 1_000 {
+        let batch: Vec<String> = c.rpop("q", std::num::NonZeroUsize::new(1_000)).await?;
+        popped.extend(batch);
+    }
+    assert_eq!(
+        popped,
+        (0..JOBS).map(payload).collect::<Vec<_>>(),
+        "every payload read back, in order"
+    );
+    assert_eq!(payload_memory(&mut c).await?, 0);
+    server.stop().await;
+    timers.abort();
+    Ok(())
+}

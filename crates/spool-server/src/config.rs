@@ -121,6 +121,9 @@ pub struct LimitsSection {
     pub max_payload_bytes: usize,
     /// Most jobs per enqueue batch or reservation. Default 1000.
     pub max_batch: usize,
+    /// Payloads held in memory, MiB, before those of checkpointed jobs are dropped and read back on delivery.
+    /// Default 256.
+    pub payload_memory_mb: usize,
 }
 
 impl Default for LimitsSection {
@@ -129,6 +132,7 @@ impl Default for LimitsSection {
         Self {
             max_payload_bytes: engine.max_payload_bytes,
             max_batch: engine.max_batch,
+            payload_memory_mb: engine.payload_memory_bytes / (1024 * 1024),
         }
     }
 }
@@ -439,6 +443,7 @@ impl Config {
         let mut engine = EngineConfig {
             max_payload_bytes: self.limits.max_payload_bytes,
             max_batch: self.limits.max_batch,
+            payload_memory_bytes: self.limits.payload_memory_mb.saturating_mul(1024 * 1024),
             auto_create_queues: self.server.auto_create_queues,
             queue_defaults: defaults.clone(),
             ..EngineConfig::default()

@@ -16,7 +16,7 @@ mod wal;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -65,6 +65,34 @@ pub enum Mutation {
     DeleteSchedule(String),
 }
 
+/// See [`Store::set_checkpoint_listener`].
+pub type CheckpointListener = Box<dyn Fn(&[JobId]) + Send + Sync>;
+
+/// A store's [`CheckpointListener`], shared with the thread that calls it.
+#[derive(Default, Clone)]
+struct ListenerSlot(Arc<Mutex<Option<CheckpointListener>>>);
+
+impl ListenerSlot {
+    fn set(&self, listener: CheckpointListener) {
+        *self.0.lock().expect("checkpoint listener lock") = Some(listener);
+    }
+
+    /// Tells the listener, if any, in chunks: it takes the engine's lock for each, which every client also needs.
+    fn notify(&self, ids: &[JobId]) {
+        if let Some(listener) = &*self.0.lock().expect("checkpoint listener lock") {
+            for chunk in ids.chunks(256) {
+                listener(chunk);
+            }
+        }
+    }
+}
+
+impl Debug for ListenerSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ListenerSlot")
+    }
+}
+
 /// Everything the store holds, as read at start-up.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -93,6 +121,11 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Blocks until everything submitted so far is applied and fsynced, whatever the durability setting.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Registers (replacing any earlier one) the function told, after each checkpoint, the ids of jobs whose records (payload included) it made
+    /// durable where `read_payload` finds them, so that the engine may drop those payloads from memory. Called from
+    /// the store's own thread, never while `submit` is running. A store without checkpoints never calls it.
+    fn set_checkpoint_listener(&self, listener: CheckpointListener);
 
     /// Bytes the store occupies on disk (0 for memory).
     fn disk_bytes(&self) -> u64;

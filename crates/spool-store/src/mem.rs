@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use spool_core::{Job, JobId, Schedule};
 
-use crate::{Commit, Mutation, QueueRecord, Snapshot, Store, StoreError};
+use crate::{CheckpointListener, Commit, ListenerSlot, Mutation, QueueRecord, Snapshot, Store, StoreError};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -20,18 +20,32 @@ struct Inner {
 
 /// An in-memory store; clones share the same contents.
 #[derive(Debug, Default, Clone)]
-pub struct MemStore(Arc<Mutex<Inner>>);
+pub struct MemStore {
+    inner: Arc<Mutex<Inner>>,
+    listener: ListenerSlot,
+}
 
 impl MemStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Does what a sled store's checkpoint tells its listener: every stored job's payload is readable now. (Here
+    /// they always are; tests call this to drive the engine's side.)
+    pub fn checkpoint(&self) {
+        let ids: Vec<JobId> = self.lock().payloads.keys().copied().collect();
+        self.listener.notify(&ids);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("mem store lock")
+    }
 }
 
 impl Store for MemStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let inner = self.0.lock().expect("mem store lock");
+        let inner = self.lock();
         Ok(Snapshot {
             jobs: inner.jobs.values().cloned().map(Arc::new).collect(),
             queues: inner.queues.values().cloned().collect(),
@@ -40,7 +54,7 @@ impl Store for MemStore {
     }
 
     fn submit(&self, batch: Vec<Mutation>) -> Commit {
-        let mut inner = self.0.lock().expect("mem store lock");
+        let mut inner = self.lock();
         for mutation in batch {
             match mutation {
                 Mutation::PutJob(job) => {
@@ -70,11 +84,15 @@ impl Store for MemStore {
     }
 
     fn read_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.0.lock().expect("mem store lock").payloads.get(id).cloned())
+        Ok(self.lock().payloads.get(id).cloned())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn set_checkpoint_listener(&self, listener: CheckpointListener) {
+        self.listener.set(listener);
     }
 
     fn disk_bytes(&self) -> u64 {

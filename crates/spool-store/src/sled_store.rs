@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 
 use crate::codec::{self, JOB_PREFIX, QUEUE_PREFIX, SCHEDULE_PREFIX, SCHEMA_KEY, SCHEMA_V1, SCHEMA_VERSION};
 use crate::wal::{self, Net, NetWrites, ReadError, RecordBuf, Segment};
-use crate::{Commit, Durability, Mutation, QueueRecord, Snapshot, Store, StoreError};
+use crate::{CheckpointListener, Commit, Durability, ListenerSlot, Mutation, QueueRecord, Snapshot, Store, StoreError};
 
 /// Full log segments that may wait for the checkpointer before the writer stops taking commits.
 pub const CHECKPOINT_QUEUE: usize = 2;
@@ -96,6 +96,7 @@ pub struct SledStore {
     commits: Arc<AtomicU64>,
     writer: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
+    listener: ListenerSlot,
 }
 
 impl std::fmt::Debug for Request {
@@ -180,7 +181,9 @@ impl SledStore {
             db: db.clone(),
             path: path.clone(),
             wal_dir: wal_dir.clone(),
+            listener: ListenerSlot::default(),
         };
+        let listener = checkpoint.listener.clone();
         // Recovery: fold every segment the last run left (after a crash; a clean stop leaves none) into sled, so
         // that `load` reads one place. The newest may end in a torn write (see `wal::read_segment`).
         let leftover = wal::list_segments(&wal_dir).map_err(|e| open_err(e.to_string()))?;
@@ -233,6 +236,7 @@ impl SledStore {
             commits,
             writer: Some(writer),
             checkpointer: Some(checkpointer),
+            listener,
         })
     }
 
@@ -373,6 +377,10 @@ impl Store for SledStore {
             Ok(()) => Commit::waiting(rx),
             Err(e) => Commit::ready(Err(e)),
         }
+    }
+
+    fn set_checkpoint_listener(&self, listener: CheckpointListener) {
+        self.listener.set(listener);
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -573,6 +581,7 @@ struct Checkpoint {
     syncer: FileSyncer,
     path: PathBuf,
     wal_dir: PathBuf,
+    listener: ListenerSlot,
 }
 
 impl Checkpoint {
@@ -610,6 +619,12 @@ impl Checkpoint {
         // Applied in small batches, not one: the checkpoint need not be atomic (the segments stay until sled holds
         // all of them durably, and replaying them is idempotent), and sled holds a whole batch, and the garbage it
         // leaves, in memory until the batch ends.
+        // Jobs whose whole record (payload included) this checkpoint puts in sled, for the listener.
+        let stored: Vec<JobId> = net
+            .iter()
+            .filter(|(key, value)| key.first() == Some(&JOB_PREFIX) && !matches!(value, Net::Delete))
+            .filter_map(|(key, _)| key[1..].try_into().ok().map(JobId::from_bytes))
+            .collect();
         let mut batch = sled::Batch::default();
         let mut in_batch = 0usize;
         for (key, value) in net {
@@ -650,6 +665,7 @@ impl Checkpoint {
                 .and_then(|()| File::open(&self.wal_dir)?.sync_all())
                 .map_err(|e| self.write_err(e.to_string()))?;
         }
+        self.listener.notify(&stored);
         Ok(())
     }
 

@@ -412,7 +412,12 @@ fn info(ctx: &Ctx<'_>, sections: &[String]) -> String {
     if wanted("spool") {
         let queues = shared.broker.list_queues();
         let (jobs, _) = shared.broker.totals();
-        let _ = write!(out, "# Spool\r\nqueues:{}\r\njobs:{jobs}\r\n", queues.len());
+        let _ = write!(
+            out,
+            "# Spool\r\nqueues:{}\r\njobs:{jobs}\r\npayload_memory_bytes:{}\r\n",
+            queues.len(),
+            shared.broker.payload_memory_bytes()
+        );
         for q in &queues {
             let _ = write!(
                 out,
