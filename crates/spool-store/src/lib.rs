@@ -111,8 +111,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// `submit`.
     fn load(&self) -> Result<Snapshot, StoreError>;
 
-    /// The payload of a job that `load` returned, or `None` if no such job is stored. A job's payload is written by
-    /// each put that carries it (`payload_loaded`) and removed with the job.
+    /// The payload of a job that `load` returned or a checkpoint reported (see `set_checkpoint_listener`), or `None`
+    /// if no such job is stored. A job's payload is written by each put that carries it (`payload_loaded`) and
+    /// removed with the job.
     fn read_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Queues `batch` to be applied atomically after every batch submitted before it. The returned [`Commit`]

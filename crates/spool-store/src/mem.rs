@@ -10,8 +10,8 @@ use crate::{CheckpointListener, Commit, ListenerSlot, Mutation, QueueRecord, Sna
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Jobs without their payloads, which live apart, so that engine tests restarting on a
-    /// `MemStore` load jobs the way the daemon does.
+    /// Jobs without their payloads, which live apart, so that engine tests restarting on a `MemStore` load jobs the
+    /// way the daemon does.
     jobs: BTreeMap<JobId, Job>,
     payloads: BTreeMap<JobId, Vec<u8>>,
     queues: BTreeMap<String, QueueRecord>,

@@ -390,8 +390,9 @@ impl Store for SledStore {
     }
 
     fn read_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
-        // A job loaded without its payload has its whole record in sled: `load` reads sled after folding the log
-        // into it, and a later put of such a job leaves the payload as it was (a merge).
+        // A job the engine holds without its payload has its whole record in sled: `load` reads sled after folding
+        // the log into it, a checkpoint reports only jobs it put in sled whole, and a later put of such a job
+        // leaves the payload as it was (a merge).
         let key = codec::job_key(id);
         let value = self.db.get(key).map_err(|e| StoreError::Read {
             path: self.path.clone(),
@@ -616,15 +617,15 @@ impl Checkpoint {
                 },
             })?;
         }
-        // Applied in small batches, not one: the checkpoint need not be atomic (the segments stay until sled holds
-        // all of them durably, and replaying them is idempotent), and sled holds a whole batch, and the garbage it
-        // leaves, in memory until the batch ends.
         // Jobs whose whole record (payload included) this checkpoint puts in sled, for the listener.
         let stored: Vec<JobId> = net
             .iter()
             .filter(|(key, value)| key.first() == Some(&JOB_PREFIX) && !matches!(value, Net::Delete))
             .filter_map(|(key, _)| key[1..].try_into().ok().map(JobId::from_bytes))
             .collect();
+        // Applied in small batches, not one: the checkpoint need not be atomic (the segments stay until sled holds
+        // all of them durably, and replaying them is idempotent), and sled holds a whole batch, and the garbage it
+        // leaves, in memory until the batch ends.
         let mut batch = sled::Batch::default();
         let mut in_batch = 0usize;
         for (key, value) in net {
