@@ -571,9 +571,22 @@ impl State {
                         job.payload_loaded = true;
                     }
                     Err(e) => {
-                        // The job stays where it was, and what was already taken is handed out (a pop's jobs are
-                        // deleted already); the error reaches the caller when it is all there is.
-                        self.put(slot, fx);
+                        // Put back at the other end of its line, in memory only (its stored record is left as it
+                        // is): at this end it would fail every reservation from the queue and hold up the jobs
+                        // behind it. What was already taken is handed out (a pop's jobs are deleted already); the
+                        // error reaches the caller when it is all there is.
+                        tracing::error!(job = %slot.id, error = %e.message, "cannot read a job's payload back");
+                        let job = Arc::make_mut(&mut slot);
+                        job.seq = match end {
+                            End::Next => self.next_seq(),
+                            End::Last => {
+                                self.front_seq -= 1;
+                                self.front_seq
+                            }
+                        };
+                        // Not `put`: the job is not newly ready, and a reserver woken for it would only fail too.
+                        self.index(&slot);
+                        self.jobs.insert(slot.id, slot);
                         if out.is_empty() {
                             return Err(e);
                         }
@@ -974,9 +987,10 @@ impl State {
             if self.payload_bytes <= self.config.payload_memory_bytes {
                 return;
             }
-            if let Some(slot) = self.jobs.get_mut(id) {
-                if slot.payload_loaded {
-                    let job = Arc::make_mut(slot);
+            // A job the store's writer still holds (a put not yet encoded) is left alone: changing it would copy it,
+            // payload and all, only to drop the payload.
+            if let Some(job) = self.jobs.get_mut(id).and_then(Arc::get_mut) {
+                if job.payload_loaded {
                     self.payload_bytes -= job.payload.len();
                     job.payload = Vec::new();
                     job.payload_loaded = false;

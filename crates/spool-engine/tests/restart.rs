@@ -5,8 +5,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -210,6 +210,11 @@ async fn dead_letters_and_paused_queues_survive() {
     assert!(!stats(&broker, "critical").paused, "resuming is stored too");
     assert_eq!(counts(&broker, "default"), (1, 0, 0, 0, 1));
     assert_eq!(broker.get(dead[0]).unwrap().attempts, 0, "the replay was stored");
+    assert_eq!(
+        labels(&take(&broker, &["default"], 1).await),
+        ["d1"],
+        "the replay of a job held without its payload (a merge in the log) kept the payload"
+    );
     assert_eq!(labels(&take(&broker, &["critical"], 1).await), ["waiting"]);
 }
 
@@ -230,11 +235,11 @@ async fn unique_keys_are_held_across_a_restart() {
     assert_eq!((dup.id, dup.duplicate), (holder.id, true));
 }
 
-/// A `MemStore` whose payload reads fail while `failing` is set: a disk error on the path that reads payloads back.
+/// A `MemStore` whose payload reads fail for the jobs in `failing`: a disk error on the path that reads payloads back.
 #[derive(Debug)]
 struct FailingReads {
     inner: MemStore,
-    failing: Arc<AtomicBool>,
+    failing: Arc<Mutex<HashSet<JobId>>>,
 }
 
 impl Store for FailingReads {
@@ -243,7 +248,7 @@ impl Store for FailingReads {
     }
 
     fn read_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
-        if self.failing.load(Ordering::SeqCst) {
+        if self.failing.lock().unwrap().contains(id) {
             return Err(StoreError::Read {
                 path: "test".into(),
                 reason: "injected I/O error".into(),
@@ -270,43 +275,46 @@ impl Store for FailingReads {
 }
 
 #[tokio::test]
-async fn a_payload_that_cannot_be_read_back_leaves_its_job_in_place() {
+async fn a_payload_that_cannot_be_read_back_fails_alone_and_holds_up_no_other_job() {
     let (broker, clock, store) = mem_broker_with(EngineConfig::default());
-    let ids = [
-        put(&broker, job("default", "a")).await,
-        put(&broker, job("default", "b")).await,
-    ];
+    let mut ids = Vec::new();
+    for label in ["a", "b", "c", "d", "e"] {
+        ids.push(put(&broker, job("default", label)).await);
+    }
     drop(broker);
-    let failing = Arc::new(AtomicBool::new(true));
+    let failing = Arc::new(Mutex::new(HashSet::from([ids[0], ids[3]])));
     let store = FailingReads {
         inner: store,
         failing: failing.clone(),
     };
     let broker = Broker::open(Arc::new(store), Arc::new(clock.clone()), EngineConfig::default()).unwrap();
-    let pop = || {
-        let mut req = ReserveRequest::new(vec!["default".into()], 1, Duration::ZERO);
+    let pop = |count| {
+        let mut req = ReserveRequest::new(vec!["default".into()], count, Duration::ZERO);
         req.delivery = Delivery::Pop;
         req
     };
-
-    // Every way a job leaves the engine reads its payload, and fails without taking or losing the job.
     let storage = |r: Result<Vec<Job>, SpoolError>| assert_eq!(r.unwrap_err().code, ErrorCode::Storage);
-    storage(broker.reserve(pop()).await);
-    assert!(matches!(broker.apply_pop(pop()), Err(e) if e.code == ErrorCode::Storage));
-    storage(
-        broker
-            .reserve(ReserveRequest::new(vec!["default".into()], 2, Duration::ZERO))
-            .await,
-    );
+
+    // `a` fails the call that meets it first and goes to the back of the line, so the next calls reach `b` and `c`;
+    // `d` fails part-way through a call, which hands out what it took before.
+    assert!(matches!(broker.apply_pop(pop(1)), Err(e) if e.code == ErrorCode::Storage));
+    assert_eq!(labels(&broker.reserve(pop(1)).await.unwrap()), ["b"]);
+    assert_eq!(labels(&take(&broker, &["default"], 3).await), ["c"]);
     storage(broker.peek("default", End::Next, 0, 10));
     assert_eq!(broker.get(ids[0]).unwrap_err().code, ErrorCode::Storage);
-    assert_eq!(counts(&broker, "default"), (2, 0, 0, 0, 0));
+    assert_eq!(
+        counts(&broker, "default"),
+        (3, 0, 1, 0, 0),
+        "nothing taken or lost by a failed read"
+    );
 
-    failing.store(false, Ordering::SeqCst);
-    let popped = broker.reserve(pop()).await.unwrap();
-    assert_eq!(labels(&popped), ["a"]);
-    let leased = take_one(&broker, "default").await;
-    assert_eq!((leased.id, leased.payload.as_slice()), (ids[1], &b"b"[..]));
+    failing.lock().unwrap().clear();
+    let rest = broker.reserve(pop(10)).await.unwrap();
+    assert_eq!(
+        labels(&rest),
+        ["e", "a", "d"],
+        "the jobs that failed, read back at the back of the line"
+    );
     assert_eq!(counts(&broker, "default"), (0, 0, 1, 0, 0));
 }
 

@@ -77,7 +77,7 @@ impl ListenerSlot {
         *self.0.lock().expect("checkpoint listener lock") = Some(listener);
     }
 
-    /// Tells the listener, if any, in chunks: it takes the engine's lock for each, which every client also needs.
+    /// Tells the listener, if any, in chunks, so that a large checkpoint does not hand over one huge slice.
     fn notify(&self, ids: &[JobId]) {
         if let Some(listener) = &*self.0.lock().expect("checkpoint listener lock") {
             for chunk in ids.chunks(256) {

@@ -190,14 +190,17 @@ pub(crate) fn read_segment(dir: &Path, seq: u64, last: bool, net: &mut NetWrites
     let bytes = fs::read(segment_path(dir, seq)).map_err(ReadError::Io)?;
     let mut at = 0usize;
     while at < bytes.len() {
-        let damage = match parse_record(&bytes[at..]) {
-            Ok((payload, used)) => match apply_ops(payload, net) {
-                Ok(()) => {
-                    at += used;
-                    continue;
-                }
-                Err(reason) => reason,
-            },
+        let damage = match parse_record(&bytes[at..]).and_then(|(payload, used)| Ok((parse_ops(payload)?, used))) {
+            Ok((ops, used)) => {
+                // A record that parsed whole is not a torn write: if its operations do not fit what came before,
+                // the log is wrong, wherever it is.
+                apply_ops(&ops, net).map_err(|reason| ReadError::Corrupt {
+                    offset: at as u64,
+                    reason,
+                })?;
+                at += used;
+                continue;
+            }
             Err(reason) => reason,
         };
         if last {
@@ -238,9 +241,12 @@ fn parse_record(bytes: &[u8]) -> Result<(&[u8], usize), String> {
     Ok((payload, HEADER + len))
 }
 
-/// Applies a checksummed payload to `net`. The record is applied only once it parses whole, so a record is
-/// all-or-nothing even if its checksum collided with garbage.
-fn apply_ops(mut payload: &[u8], net: &mut NetWrites) -> Result<(), String> {
+/// A record's operations: (tag, key, value; empty for a delete).
+type Ops<'a> = Vec<(u8, &'a [u8], &'a [u8])>;
+
+/// Parses a checksummed payload whole, so that a record is applied all or nothing even if its checksum collided
+/// with garbage.
+fn parse_ops(mut payload: &[u8]) -> Result<Ops<'_>, String> {
     let mut ops = Vec::new();
     while let Some((&tag, rest)) = payload.split_first() {
         let (key, rest) = take_field(rest)?;
@@ -257,14 +263,23 @@ fn apply_ops(mut payload: &[u8], net: &mut NetWrites) -> Result<(), String> {
             other => return Err(format!("unknown operation tag {other:#04x}")),
         };
     }
-    for (tag, key, value) in ops {
-        let next = match (tag, net.get(key)) {
+    Ok(ops)
+}
+
+/// Applies one record's operations to `net`, all or none: they are resolved against `net` and each other first.
+fn apply_ops(ops: &Ops<'_>, net: &mut NetWrites) -> Result<(), String> {
+    let mut record: BTreeMap<&[u8], Net> = BTreeMap::new();
+    for &(tag, key, value) in ops {
+        let next = match (tag, record.get(key).or_else(|| net.get(key))) {
             (PUT, _) => Net::Put(value.to_vec()),
             (DELETE, _) => Net::Delete,
             (_, Some(Net::Put(stored))) => Net::Put(codec::merge_job(value, stored)?),
             (_, Some(Net::Delete)) => return Err("a merge into a deleted record".into()),
             (_, Some(Net::Merge(_)) | None) => Net::Merge(value.to_vec()),
         };
+        record.insert(key, next);
+    }
+    for (key, next) in record {
         net.insert(key.to_vec(), next);
     }
     Ok(())
@@ -303,6 +318,41 @@ mod tests {
             record.clear();
         }
         fs::read(segment_path(dir, 1)).unwrap()
+    }
+
+    #[test]
+    fn a_merge_that_does_not_fit_is_corruption_even_at_the_end_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = codec::job_key(&JobId::generate(1));
+        let mut segment = Segment::create(dir.path(), 1).unwrap();
+        let mut record = RecordBuf::new();
+        record.delete(&key);
+        segment.append(record.finish()).unwrap();
+        let first = record.finish().len() as u64;
+        record.clear();
+        // A whole, checksummed record whose second operation merges into the job deleted before it, then a good one.
+        record.push(queue("j", false));
+        record.value(MERGE, &key, |mut out| {
+            out.extend_from_slice(b"fields");
+            out
+        });
+        segment.append(record.finish()).unwrap();
+        record.clear();
+        record.push(queue("l", false));
+        segment.append(record.finish()).unwrap();
+
+        let mut net = NetWrites::new();
+        match read_segment(dir.path(), 1, true, &mut net) {
+            Err(ReadError::Corrupt { offset, reason }) => {
+                assert_eq!(offset, first, "{reason}");
+                assert!(reason.contains("merge"), "{reason}");
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        assert!(
+            !net.contains_key(codec::queue_key("j").as_slice()),
+            "none of the bad record's operations is applied"
+        );
     }
 
     #[test]

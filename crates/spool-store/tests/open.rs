@@ -33,6 +33,17 @@ fn job(now: u64) -> Job {
     }
 }
 
+/// `open_after_drop` for sled itself.
+fn sled_after_drop(path: &std::path::Path) -> sled::Db {
+    for _ in 0..2_000 {
+        match sled::open(path) {
+            Err(sled::Error::Io(e)) if e.to_string().contains("lock") => std::thread::sleep(Duration::from_millis(5)),
+            other => return other.unwrap(),
+        }
+    }
+    panic!("sled lock never released");
+}
+
 /// Opens the store, waiting out the lock that sled's threads hold a moment after the previous store in this process
 /// was dropped (a real restart is a new process, so it never waits). Gives up after 10 s.
 fn open_after_drop(config: SledConfig) -> Result<SledStore, StoreError> {
@@ -93,34 +104,52 @@ fn with_payloads(store: &SledStore, jobs: Vec<Arc<Job>>) -> Vec<Job> {
 #[tokio::test]
 async fn a_put_without_the_payload_keeps_the_stored_one() {
     let dir = tempfile::tempdir().unwrap();
-    let config = SledConfig::new(dir.path().join("data"));
-    let (a, b) = (job(1_700_000_000_000), job(1_700_000_000_001));
-    let puts = vec![
-        Mutation::PutJob(Arc::new(a.clone())),
-        Mutation::PutJob(Arc::new(b.clone())),
-    ];
-    drop_after(SledStore::open(config.clone()).unwrap(), puts).await;
-    // What the engine writes when a job loaded without its payload changes state (a retry, say). Its fields are
-    // merged with the payload in sled when the log is folded (`a`), or with a put earlier in the same log (`b`, put
-    // again in full below, in the run whose log holds the merge too).
-    let store = open_after_drop(config.clone()).unwrap();
-    let retried = |job: Arc<Job>| {
-        let mut job = Arc::unwrap_or_clone(job);
+    let data = dir.path().join("data");
+    let config = SledConfig::new(&data);
+    let (a, c) = (job(1_700_000_000_000), job(1_700_000_000_001));
+    let put_a = vec![Mutation::PutJob(Arc::new(a.clone()))];
+    drop_after(SledStore::open(config.clone()).unwrap(), put_a).await;
+
+    // What the engine writes when a job it holds without its payload changes state (a retry, say) is a merge: `a`'s
+    // is resolved against its record in sled, `c`'s against the put of `c` earlier in the same log.
+    let retried = |mut job: Job| {
+        job.payload = Vec::new();
+        job.payload_loaded = false;
         job.attempts = 1;
         job.state = JobState::Retry;
         Mutation::PutJob(Arc::new(job))
     };
-    let mut batch = vec![Mutation::PutJob(Arc::new(b.clone()))];
-    batch.extend(store.load().unwrap().jobs.into_iter().map(retried));
-    drop_after(store, batch).await;
+    let store = open_after_drop(config.clone()).unwrap();
+    let held_a = Arc::unwrap_or_clone(store.load().unwrap().jobs.remove(0));
+    store.submit(vec![Mutation::PutJob(Arc::new(c.clone()))]).await.unwrap();
+    store.submit(vec![retried(held_a), retried(c.clone())]).await.unwrap();
+    // A copy taken now is what a crash leaves: the merges are in the log only.
+    let crash = dir.path().join("crash");
+    copy_dir(&data, &crash);
+    let log_mid_run = dir.path().join("log");
+    copy_dir(&data.join("wal"), &log_mid_run);
+    drop(store);
 
-    let store = open_after_drop(config).unwrap();
-    let jobs = with_payloads(&store, store.load().unwrap().jobs);
-    assert_eq!(jobs.len(), 2);
-    for (stored, put) in jobs.iter().zip([&a, &b]) {
-        assert_eq!(stored.payload, put.payload);
-        assert_eq!((stored.attempts, stored.state), (1, JobState::Retry));
-    }
+    let check = |store: &SledStore, what: &str| {
+        let jobs = with_payloads(store, store.load().unwrap().jobs);
+        assert_eq!(jobs.len(), 2, "{what}");
+        for (stored, put) in jobs.iter().zip([&a, &c]) {
+            assert_eq!(stored.payload, put.payload, "{what}");
+            assert_eq!((stored.attempts, stored.state), (1, JobState::Retry), "{what}");
+        }
+    };
+    check(
+        &open_after_drop(config.clone()).unwrap(),
+        "folded by the checkpoint at a clean stop",
+    );
+    check(
+        &open_after_drop(SledConfig::new(&crash)).unwrap(),
+        "folded by recovery after a crash",
+    );
+    // A checkpoint that crashed after writing sled but before deleting its segments runs again at the next open:
+    // the merges meet records that already hold them.
+    copy_dir(&log_mid_run, &data.join("wal"));
+    check(&open_after_drop(config).unwrap(), "folded twice");
 }
 
 async fn drop_after(store: SledStore, batch: Vec<Mutation>) {
@@ -209,6 +238,8 @@ async fn a_schema_1_directory_is_read_as_it_is() {
     store.submit(vec![Mutation::PutJob(Arc::new(dead))]).await.unwrap();
     assert_eq!(with_payloads(&store, loaded), vec![a.clone(), b.clone()]);
     drop(store);
+    let schema = sled_after_drop(&data).get(b"mschema").unwrap().unwrap();
+    assert_eq!(&schema[..], &[1, 2], "marked schema 2 (value version 1, postcard 2)");
     let again = open_after_drop(SledConfig::new(&data)).unwrap();
     a.state = JobState::Dead;
     assert_eq!(
