@@ -359,6 +359,17 @@ impl State {
         self.next_seq
     }
 
+    /// A sequence number at `end` of every line: the back (`Last`) or the front (`Next`).
+    fn seq_at(&mut self, end: End) -> u64 {
+        match end {
+            End::Last => self.next_seq(),
+            End::Next => {
+                self.front_seq -= 1;
+                self.front_seq
+            }
+        }
+    }
+
     // ---- enqueue ----
 
     /// Validates and creates jobs; all or none (a batch with one bad job creates nothing).
@@ -407,13 +418,7 @@ impl State {
                     paused,
                 }));
             }
-            job.seq = match position {
-                End::Last => self.next_seq(),
-                End::Next => {
-                    self.front_seq -= 1;
-                    self.front_seq
-                }
-            };
+            job.seq = self.seq_at(position);
             if let Some(key) = &job.unique_key {
                 self.unique.insert(key.clone(), job.id);
             }
@@ -563,36 +568,29 @@ impl State {
                 self.delete(&slot, fx);
                 continue;
             }
-            if !slot.payload_loaded {
-                match self.read_payload(&slot.id) {
-                    Ok(payload) => {
-                        let job = Arc::make_mut(&mut slot);
-                        job.payload = payload;
-                        job.payload_loaded = true;
-                    }
-                    Err(e) => {
-                        // Put back at the other end of its line, in memory only (its stored record is left as it
-                        // is): at this end it would fail every reservation from the queue and hold up the jobs
-                        // behind it. What was already taken is handed out (a pop's jobs are deleted already); the
-                        // error reaches the caller when it is all there is.
-                        tracing::error!(job = %slot.id, error = %e.message, "cannot read a job's payload back");
-                        let job = Arc::make_mut(&mut slot);
-                        job.seq = match end {
-                            End::Next => self.next_seq(),
-                            End::Last => {
-                                self.front_seq -= 1;
-                                self.front_seq
-                            }
-                        };
-                        // Not `put`: the job is not newly ready, and a reserver woken for it would only fail too.
-                        self.index(&slot);
-                        self.jobs.insert(slot.id, slot);
-                        if out.is_empty() {
-                            return Err(e);
-                        }
-                        break;
-                    }
+            // Checked here, not only inside: `make_mut` copies a job the store's writer still holds.
+            let loaded = match slot.payload_loaded {
+                true => Ok(()),
+                false => self.load_payload(Arc::make_mut(&mut slot)),
+            };
+            if let Err(e) = loaded {
+                // Put back at the other end of its line, in memory only (its stored record is left as it is): at
+                // this end it would fail every reservation from the queue and hold up the jobs behind it. What was
+                // already taken is handed out (a pop's jobs are deleted already); the error reaches the caller when
+                // it is all there is.
+                tracing::error!(job = %slot.id, error = %e.message, "cannot read a job's payload back");
+                let other_end = match end {
+                    End::Next => End::Last,
+                    End::Last => End::Next,
+                };
+                Arc::make_mut(&mut slot).seq = self.seq_at(other_end);
+                // Not `put`: the job is not newly ready, and a reserver woken for it would only fail too.
+                self.index(&slot);
+                self.jobs.insert(slot.id, slot);
+                if out.is_empty() {
+                    return Err(e);
                 }
+                break;
             }
             if !lease {
                 self.queue_mut(&queue).counters.acked += 1;
@@ -616,20 +614,22 @@ impl State {
     /// A copy of `job` with its payload, read back from the store if the job was loaded without it.
     pub fn with_payload(&self, job: &Job) -> Result<Job, SpoolError> {
         let mut job = job.clone();
-        if !job.payload_loaded {
-            job.payload = self.read_payload(&job.id)?;
-            job.payload_loaded = true;
-        }
+        self.load_payload(&mut job)?;
         Ok(job)
     }
 
-    fn read_payload(&self, id: &JobId) -> Result<Vec<u8>, SpoolError> {
-        self.store.read_payload(id).map_err(storage_error)?.ok_or_else(|| {
-            SpoolError::new(
-                ErrorCode::Storage,
-                format!("the payload of job {id} is missing from the store"),
-            )
-        })
+    /// Reads `job`'s payload back from the store unless it holds it already.
+    fn load_payload(&self, job: &mut Job) -> Result<(), SpoolError> {
+        if !job.payload_loaded {
+            job.payload = self.store.read_payload(&job.id).map_err(storage_error)?.ok_or_else(|| {
+                SpoolError::new(
+                    ErrorCode::Storage,
+                    format!("the payload of job {} is missing from the store", job.id),
+                )
+            })?;
+            job.payload_loaded = true;
+        }
+        Ok(())
     }
 
     fn leased(&mut self, id: &JobId, token: u64) -> Result<Arc<Job>, SpoolError> {

@@ -77,12 +77,10 @@ impl ListenerSlot {
         *self.0.lock().expect("checkpoint listener lock") = Some(listener);
     }
 
-    /// Tells the listener, if any, in chunks, so that a large checkpoint does not hand over one huge slice.
+    /// Tells the listener, if any. (The engine's listener only queues the ids; it chunks its own work.)
     fn notify(&self, ids: &[JobId]) {
         if let Some(listener) = &*self.0.lock().expect("checkpoint listener lock") {
-            for chunk in ids.chunks(256) {
-                listener(chunk);
-            }
+            listener(ids);
         }
     }
 }
