@@ -704,7 +704,9 @@ impl Broker {
     fn release_checkpointed(&self) {
         let ids = std::mem::take(&mut *self.inner.checkpointed.ids.lock().expect("checkpointed ids lock"));
         for chunk in ids.chunks(1_024) {
-            self.lock().state.release_payloads(chunk);
+            if !self.lock().state.release_payloads(chunk) {
+                break;
+            }
         }
     }
 
@@ -715,7 +717,7 @@ impl Broker {
 
     /// Bytes of job payloads held in memory (for INFO): those of jobs received since start, up to the budget once
     /// their jobs are checkpointed, and those read back for delivery.
-    pub fn payload_memory_bytes(&self) -> usize {
+    pub fn payload_bytes_held(&self) -> usize {
         self.lock().state.payload_bytes()
     }
 

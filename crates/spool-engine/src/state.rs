@@ -621,12 +621,16 @@ impl State {
     /// Reads `job`'s payload back from the store unless it holds it already.
     fn load_payload(&self, job: &mut Job) -> Result<(), SpoolError> {
         if !job.payload_loaded {
-            job.payload = self.store.read_payload(&job.id).map_err(storage_error)?.ok_or_else(|| {
-                SpoolError::new(
-                    ErrorCode::Storage,
-                    format!("the payload of job {} is missing from the store", job.id),
-                )
-            })?;
+            job.payload = self
+                .store
+                .read_payload(&job.id)
+                .map_err(storage_error)?
+                .ok_or_else(|| {
+                    SpoolError::new(
+                        ErrorCode::Storage,
+                        format!("the payload of job {} is missing from the store", job.id),
+                    )
+                })?;
             job.payload_loaded = true;
         }
         Ok(())
@@ -982,10 +986,11 @@ impl State {
     /// Drops from memory, while more than the configured bytes of payloads are held, the payloads of `ids`: jobs
     /// whose records the store's checkpoint now holds whole, so that `read_payload` finds them (the payload of a job
     /// never changes, and only deleting the job removes its record).
-    pub fn release_payloads(&mut self, ids: &[JobId]) {
+    /// Returns whether more than the budget is still held.
+    pub fn release_payloads(&mut self, ids: &[JobId]) -> bool {
         for id in ids {
             if self.payload_bytes <= self.config.payload_memory_bytes {
-                return;
+                return false;
             }
             // A job the store's writer still holds (a put not yet encoded) is left alone: changing it would copy it,
             // payload and all, only to drop the payload.
@@ -997,5 +1002,6 @@ impl State {
                 }
             }
         }
+        self.payload_bytes > self.config.payload_memory_bytes
     }
 }

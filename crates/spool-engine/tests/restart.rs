@@ -331,28 +331,20 @@ async fn past_the_memory_budget_checkpointed_payloads_are_dropped_and_read_back(
     }
     broker.tick();
     assert_eq!(
-        broker.payload_memory_bytes(),
+        broker.payload_bytes_held(),
         20,
         "nothing is dropped before a checkpoint"
     );
 
     store.checkpoint();
     broker.tick();
-    assert_eq!(
-        broker.payload_memory_bytes(),
-        10,
-        "dropped down to the budget, not below"
-    );
+    assert_eq!(broker.payload_bytes_held(), 10, "dropped down to the budget, not below");
 
     let jobs = take(&broker, &["default"], 4).await;
     assert_eq!(labels(&jobs), labels_put);
-    assert_eq!(
-        broker.payload_memory_bytes(),
-        20,
-        "leased jobs hold their payloads again"
-    );
+    assert_eq!(broker.payload_bytes_held(), 20, "leased jobs hold their payloads again");
     for j in jobs {
         broker.ack(j.id, j.lease.unwrap().token).await.unwrap();
     }
-    assert_eq!(broker.payload_memory_bytes(), 0);
+    assert_eq!(broker.payload_bytes_held(), 0);
 }

@@ -523,13 +523,13 @@ async fn replies_before_a_blocking_command_are_not_held_back() -> anyhow::Result
     Ok(())
 }
 
-/// `INFO spool`'s `payload_memory_bytes`.
+/// `INFO spool`'s `payload_bytes_held`.
 async fn payload_memory(c: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
     let info: String = redis::cmd("INFO").arg("spool").query_async(c).await?;
     let line = info
         .lines()
-        .find_map(|l| l.strip_prefix("payload_memory_bytes:"))
-        .ok_or_else(|| anyhow::anyhow!("no payload_memory_bytes in {info}"))?;
+        .find_map(|l| l.strip_prefix("payload_bytes_held:"))
+        .ok_or_else(|| anyhow::anyhow!("no payload_bytes_held in {info}"))?;
     Ok(line.trim().parse()?)
 }
 

@@ -82,7 +82,7 @@ enum JobParts<'a> {
     /// in order with no framing, so the job's other fields are `head` then `tail`.
     V1 {
         head: &'a [u8],
-        payload: Vec<u8>,
+        payload: &'a [u8],
         tail: &'a [u8],
     },
 }
@@ -103,10 +103,10 @@ fn job_parts(bytes: &[u8]) -> Result<JobParts<'_>, String> {
         Some((&VALUE_VERSION, body)) => {
             let err = |e: postcard::Error| e.to_string();
             let (_, after_head): ((JobId, QueueName), _) = postcard::take_from_bytes(body).map_err(err)?;
-            let (payload, tail): (serde_bytes::ByteBuf, _) = postcard::take_from_bytes(after_head).map_err(err)?;
+            let (payload, tail): (&serde_bytes::Bytes, _) = postcard::take_from_bytes(after_head).map_err(err)?;
             Ok(JobParts::V1 {
                 head: &body[..body.len() - after_head.len()],
-                payload: payload.into_vec(),
+                payload,
                 tail,
             })
         }
@@ -125,11 +125,19 @@ pub(crate) fn decode_job(bytes: &[u8]) -> Result<Job, String> {
 }
 
 /// The payload in a job's record.
-pub(crate) fn job_payload(bytes: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn job_payload(bytes: &[u8]) -> Result<&[u8], String> {
     Ok(match job_parts(bytes)? {
-        JobParts::V2 { payload, .. } => payload.to_vec(),
-        JobParts::V1 { payload, .. } => payload,
+        JobParts::V2 { payload, .. } | JobParts::V1 { payload, .. } => payload,
     })
+}
+
+/// How much of a job's record `decode_job` reads: a version 2 record without its payload, any other whole. Start-up
+/// copies only this much out of sled.
+pub(crate) fn job_fields_len(bytes: &[u8]) -> usize {
+    match job_parts(bytes) {
+        Ok(JobParts::V2 { meta, .. }) => 1 + 4 + meta.len(),
+        _ => bytes.len(),
+    }
 }
 
 /// `update`'s fields with `stored`'s payload: what a put of a job loaded without its payload leaves on disk.
@@ -144,7 +152,7 @@ pub(crate) fn merge_job(update: &[u8], stored: &[u8]) -> Result<Vec<u8>, String>
     let mut out = Vec::with_capacity(1 + 4 + meta.len() + stored.len());
     out.push(JOB_VERSION);
     out.extend_from_slice(&update[1..1 + 4 + meta.len()]);
-    out.extend_from_slice(&stored);
+    out.extend_from_slice(stored);
     Ok(out)
 }
 

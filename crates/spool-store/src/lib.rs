@@ -77,6 +77,10 @@ impl ListenerSlot {
         *self.0.lock().expect("checkpoint listener lock") = Some(listener);
     }
 
+    fn is_set(&self) -> bool {
+        self.0.lock().expect("checkpoint listener lock").is_some()
+    }
+
     /// Tells the listener, if any. (The engine's listener only queues the ids; it chunks its own work.)
     fn notify(&self, ids: &[JobId]) {
         if let Some(listener) = &*self.0.lock().expect("checkpoint listener lock") {

@@ -277,7 +277,7 @@ impl SledStore {
             /// (end offset of the key, end offset of the value) per record.
             ends: Vec<(usize, usize)>,
         }
-        // Whichever comes first: many small jobs, or a few large payloads.
+        // Whichever comes first: many small jobs, or a few large records (schema 1 ones hold their payloads).
         const CHUNK_RECORDS: usize = 16 * 1024;
         const CHUNK_BYTES: usize = 16 * 1024 * 1024;
         let (tx, rx) = mpsc::sync_channel::<Chunk>(2);
@@ -321,7 +321,7 @@ impl SledStore {
                 };
                 chunk.bytes.extend_from_slice(&key);
                 let key_end = chunk.bytes.len();
-                chunk.bytes.extend_from_slice(&value);
+                chunk.bytes.extend_from_slice(&value[..codec::job_fields_len(&value)]);
                 chunk.ends.push((key_end, chunk.bytes.len()));
                 if chunk.ends.len() == CHUNK_RECORDS || chunk.bytes.len() >= CHUNK_BYTES {
                     let full = std::mem::replace(
@@ -399,7 +399,11 @@ impl Store for SledStore {
             reason: e.to_string(),
         })?;
         value
-            .map(|v| codec::job_payload(&v).map_err(|r| self.corrupt(&key, r)))
+            .map(|v| {
+                codec::job_payload(&v)
+                    .map(<[u8]>::to_vec)
+                    .map_err(|r| self.corrupt(&key, r))
+            })
             .transpose()
     }
 
@@ -617,12 +621,16 @@ impl Checkpoint {
                 },
             })?;
         }
-        // Jobs whose whole record (payload included) this checkpoint puts in sled, for the listener.
-        let stored: Vec<JobId> = net
-            .iter()
-            .filter(|(key, value)| key.first() == Some(&JOB_PREFIX) && !matches!(value, Net::Delete))
-            .filter_map(|(key, _)| key[1..].try_into().ok().map(JobId::from_bytes))
-            .collect();
+        // Jobs whose whole record (payload included) this checkpoint puts in sled, for the listener if there is one
+        // (there is none during recovery at open).
+        let stored: Vec<JobId> = match self.listener.is_set() {
+            true => net
+                .iter()
+                .filter(|(key, value)| key.first() == Some(&JOB_PREFIX) && !matches!(value, Net::Delete))
+                .filter_map(|(key, _)| key[1..].try_into().ok().map(JobId::from_bytes))
+                .collect(),
+            false => Vec::new(),
+        };
         // Applied in small batches, not one: the checkpoint need not be atomic (the segments stay until sled holds
         // all of them durably, and replaying them is idempotent), and sled holds a whole batch, and the garbage it
         // leaves, in memory until the batch ends.

@@ -414,9 +414,9 @@ fn info(ctx: &Ctx<'_>, sections: &[String]) -> String {
         let (jobs, _) = shared.broker.totals();
         let _ = write!(
             out,
-            "# Spool\r\nqueues:{}\r\njobs:{jobs}\r\npayload_memory_bytes:{}\r\n",
+            "# Spool\r\nqueues:{}\r\njobs:{jobs}\r\npayload_bytes_held:{}\r\n",
             queues.len(),
-            shared.broker.payload_memory_bytes()
+            shared.broker.payload_bytes_held()
         );
         for q in &queues {
             let _ = write!(

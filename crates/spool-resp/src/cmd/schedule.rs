@@ -12,8 +12,6 @@ use super::Ctx;
 use crate::frame::Frame;
 use crate::parse::{CommandError, Parse};
 
-/// `SCHED.CREATE … CATCHUP ALL` without `LIMIT` fires at most this many missed ticks.
-
 #[derive(Debug)]
 pub(crate) enum ScheduleCmd {
     Put(Box<ScheduleDef>, PutMode),
