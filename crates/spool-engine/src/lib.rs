@@ -76,8 +76,11 @@ pub enum ReserveOrder {
 #[must_use = "a write's reply must wait for its commit"]
 pub struct Applied<T> {
     value: T,
-    /// Resolved in order; usually one.
-    commits: Vec<Commit>,
+    /// The write's own commit (none when nothing was written).
+    commit: Option<Commit>,
+    /// An empty batch submitted after it, when the answer also depends on an earlier write that may still be in
+    /// flight (a duplicate unique key's holder).
+    barrier: Option<Commit>,
 }
 
 impl<T> Applied<T> {
@@ -85,13 +88,14 @@ impl<T> Applied<T> {
     pub fn done(value: T) -> Self {
         Applied {
             value,
-            commits: Vec::new(),
+            commit: None,
+            barrier: None,
         }
     }
 
     /// Waits until the write is durable as configured, then yields its result; a storage failure fails it.
     pub async fn durable(self) -> Result<T, SpoolError> {
-        for commit in self.commits {
+        for commit in [self.commit, self.barrier].into_iter().flatten() {
             commit.await.map_err(storage_error)?;
         }
         Ok(self.value)
@@ -101,7 +105,8 @@ impl<T> Applied<T> {
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Applied<U> {
         Applied {
             value: f(self.value),
-            commits: self.commits,
+            commit: self.commit,
+            barrier: self.barrier,
         }
     }
 }
@@ -326,7 +331,8 @@ impl Broker {
         let (value, commit) = self.apply(op);
         Ok(Applied {
             value: value?,
-            commits: commit.into_iter().collect(),
+            commit,
+            barrier: None,
         })
     }
 
@@ -361,7 +367,7 @@ impl Broker {
         if applied.value.iter().any(|e| e.duplicate) {
             // The holder's enqueue may still be in flight. An empty batch commits after every batch before it,
             // including that one; the batch's own commit is still waited for too.
-            applied.commits.push(self.inner.store.submit(Vec::new()));
+            applied.barrier = Some(self.inner.store.submit(Vec::new()));
         }
         Ok(applied)
     }
@@ -433,7 +439,8 @@ impl Broker {
         });
         Ok(Applied {
             value: value?,
-            commits: commit.into_iter().collect(),
+            commit,
+            barrier: None,
         })
     }
 
@@ -514,6 +521,11 @@ impl Broker {
     pub fn get(&self, id: JobId) -> Result<Job, SpoolError> {
         let (job, _) = self.apply(|state, _, _| state.get(&id).map(|job| state.with_payload(job)));
         job.unwrap_or_else(|| Err(SpoolError::not_found(format!("no job {id}"))))
+    }
+
+    /// A queue's ready jobs (a Redis list's length), or `NOTFOUND`.
+    pub fn ready_len(&self, queue: &str) -> Result<u64, SpoolError> {
+        self.apply(|state, _, _| state.ready_len(queue)).0
     }
 
     /// Stats of one queue.

@@ -824,8 +824,11 @@ impl State {
 
     /// A queue's ready jobs, without the rest of [`State::queue_stats`] (the reply to every Redis `LPUSH`).
     pub fn ready_len(&self, name: &str) -> Result<u64, SpoolError> {
-        let name = self.known_queue(name)?;
-        Ok(self.queues.get(&name).map_or(0, |q| q.ready.len as u64))
+        let name = QueueName::new(name)?;
+        self.queues
+            .get(&name)
+            .map(|q| q.ready.len as u64)
+            .ok_or_else(|| SpoolError::not_found(format!("no queue {name}")))
     }
 
     pub fn known_queue(&self, name: &str) -> Result<QueueName, SpoolError> {

@@ -201,8 +201,8 @@ impl ListCmd {
 
 /// A queue's ready jobs: its length as a list. An unknown queue is an empty list, as a missing key is in Redis.
 fn ready_len(ctx: &Ctx<'_>, queue: &str) -> Result<i64, CommandError> {
-    match ctx.shared.broker.queue_stats(queue) {
-        Ok(stats) => Ok(count(stats.ready)),
+    match ctx.shared.broker.ready_len(queue) {
+        Ok(len) => Ok(count(len)),
         Err(e) if e.code == ErrorCode::NotFound => Ok(0),
         Err(e) => Err(e.into()),
     }
