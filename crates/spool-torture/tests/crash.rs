@@ -73,9 +73,16 @@ fn acknowledged_work_survives_kill_9() {
     let mut rng = rand::thread_rng();
     let mut known: HashMap<String, Known> = HashMap::new();
     let mut total_checked = 0;
+    // The highest log segment a killed run left: above 1 means that run sealed segments (and handed them to the
+    // checkpointer), which is what the small segment size is for.
+    let mut highest_segment = 0;
     for round in 1..=ROUNDS {
         let delay = Duration::from_millis(rng.gen_range(100..=800));
         let (seen, lines) = run_and_kill(&data, delay);
+        highest_segment = std::fs::read_dir(data.join("wal"))
+            .expect("the log directory")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".wal")?.parse::<u64>().ok())
+            .fold(highest_segment, u64::max);
         let stored = dump(&data);
 
         let mut expected: HashMap<String, Expect> = known
@@ -161,7 +168,11 @@ fn acknowledged_work_survives_kill_9() {
             unannounced,
         );
     }
-    println!("{ROUNDS} rounds, {total_checked} job checks");
+    assert!(
+        highest_segment > 1,
+        "no run sealed a log segment, so no kill landed in a checkpoint"
+    );
+    println!("{ROUNDS} rounds, {total_checked} job checks, highest segment {highest_segment}");
 }
 
 /// Runs the producer until `delay` has passed since its start *and* it has shown every kind of event, kills it with
