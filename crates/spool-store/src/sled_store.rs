@@ -78,8 +78,30 @@ impl SledConfig {
 }
 
 enum Request {
-    Write(Vec<Mutation>, Option<oneshot::Sender<Result<(), StoreError>>>),
+    Write(Vec<Mutation>, oneshot::Sender<Result<(), StoreError>>),
     Flush(mpsc::SyncSender<Result<(), StoreError>>),
+}
+
+/// A caller waiting for its records (for a flush: everything written before it) to be durable.
+enum Waiter {
+    Commit(oneshot::Sender<Result<(), StoreError>>),
+    Flush(mpsc::SyncSender<Result<(), StoreError>>),
+}
+
+impl Waiter {
+    fn answer(self, result: Result<(), StoreError>) {
+        // A caller that stopped waiting has nothing left to hear.
+        match self {
+            Waiter::Commit(tx) => drop(tx.send(result)),
+            Waiter::Flush(tx) => drop(tx.send(result)),
+        }
+    }
+}
+
+fn answer_all(waiters: impl IntoIterator<Item = Waiter>, result: &Result<(), StoreError>) {
+    for waiter in waiters {
+        waiter.answer(result.clone());
+    }
 }
 
 /// Shared between the writer thread and submitters: once a write fails, every later write fails fast.
@@ -194,7 +216,16 @@ impl SledStore {
         if schema_v1 {
             checkpoint.upgrade_schema_v1()?;
         }
-        let segment = Segment::create(&wal_dir, leftover.last().map_or(1, |seq| seq + 1))
+        let segment_bytes = config.segment_bytes.max(1);
+        wal::remove_partial_spare(&wal_dir).map_err(|e| open_err(e.to_string()))?;
+        // The first segment too is written in place: a new directory pays for its spare here, once; a clean stop
+        // leaves one for the next start.
+        if !wal::has_spare(&wal_dir, segment_bytes) {
+            if let Err(e) = wal::prepare_spare(&wal_dir, segment_bytes) {
+                tracing::warn!(error = %e, "cannot prepare a log segment; it will grow as it is written");
+            }
+        }
+        let segment = Segment::start(&wal_dir, leftover.last().map_or(1, |seq| seq + 1), segment_bytes)
             .map_err(|e| open_err(format!("cannot start a write-ahead log segment: {e}")))?;
 
         let poison: Poison = Arc::default();
@@ -215,12 +246,13 @@ impl SledStore {
             wal_dir,
             durability: config.durability,
             max_group: config.max_group_mutations.max(1),
-            segment_bytes: config.segment_bytes.max(1),
+            segment_bytes,
             rx,
             poison: poison.clone(),
             segment,
             sealed: sealed_tx,
             record: RecordBuf::new(),
+            spare: None,
         };
         let writer = std::thread::Builder::new()
             .name("spool-store-writer".into())
@@ -373,7 +405,7 @@ impl Store for SledStore {
 
     fn submit(&self, batch: Vec<Mutation>) -> Commit {
         let (tx, rx) = oneshot::channel();
-        match self.send(Request::Write(batch, Some(tx))) {
+        match self.send(Request::Write(batch, tx)) {
             Ok(()) => Commit::waiting(rx),
             Err(e) => Commit::ready(Err(e)),
         }
@@ -436,15 +468,17 @@ struct Writer {
     segment: Segment,
     sealed: SyncSender<u64>,
     record: RecordBuf,
+    /// The thread writing the spare for the next segment, if one is running.
+    spare: Option<JoinHandle<()>>,
 }
 
 impl Writer {
     fn run(mut self) {
+        self.spare = self.prepare_spare();
         let mut dirty = false;
         let mut last_group = 0;
         let mut last_sync = Instant::now();
-        let mut waiting = Vec::new();
-        let mut flushes = Vec::new();
+        let mut waiters = Vec::new();
         loop {
             let first = match self.durability {
                 Durability::Interval(period) if dirty => {
@@ -461,6 +495,7 @@ impl Writer {
             };
 
             let mut mutations = 0usize;
+            let mut flush = false;
             let mut next = first;
             let mut gathered = false;
             while let Some(request) = next {
@@ -470,11 +505,12 @@ impl Writer {
                         for op in ops {
                             self.record.push(op);
                         }
-                        if let Some(reply) = reply {
-                            waiting.push(reply);
-                        }
+                        waiters.push(Waiter::Commit(reply));
                     }
-                    Request::Flush(reply) => flushes.push(reply),
+                    Request::Flush(reply) => {
+                        flush = true;
+                        waiters.push(Waiter::Flush(reply));
+                    }
                 }
                 next = if mutations < self.max_group && self.record.payload_len() < MAX_GROUP_BYTES {
                     match self.rx.try_recv() {
@@ -482,7 +518,7 @@ impl Writer {
                         // Callers answered by the last commit are likely to come straight back: waiting a moment for
                         // them turns a trickle of small commits (each an fsync) into fewer large ones. One sleep, not
                         // a wait on the channel, so that each arrival does not wake this thread.
-                        Err(_) if self.durability == Durability::Always && !gathered && waiting.len() < last_group => {
+                        Err(_) if self.durability == Durability::Always && !gathered && waiters.len() < last_group => {
                             gathered = true;
                             std::thread::sleep(GATHER_WINDOW);
                             self.rx.try_recv().ok()
@@ -493,7 +529,7 @@ impl Writer {
                     None
                 };
             }
-            last_group = waiting.len();
+            last_group = waiters.len();
 
             // After a failed write or sync the segment may end in a partial record, and anything appended behind it
             // would be dropped with it at recovery (or found corrupt): once poisoned, nothing more is written, and
@@ -501,12 +537,7 @@ impl Writer {
             let poisoned = self.poison.lock().expect("poison lock").clone();
             if let Some(err) = poisoned {
                 self.record.clear();
-                for reply in waiting.drain(..) {
-                    let _ = reply.send(Err(err.clone()));
-                }
-                for reply in flushes.drain(..) {
-                    let _ = reply.send(Err(err.clone()));
-                }
+                answer_all(waiters.drain(..), &Err(err));
                 continue;
             }
             let mut result = Ok(());
@@ -516,7 +547,7 @@ impl Writer {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 dirty = true;
             }
-            let sync_now = !flushes.is_empty()
+            let sync_now = flush
                 || match self.durability {
                     Durability::Always => mutations > 0,
                     Durability::Interval(period) => dirty && last_sync.elapsed() >= period,
@@ -530,12 +561,7 @@ impl Writer {
             if let Err(e) = &result {
                 self.fail(e);
             }
-            for reply in waiting.drain(..) {
-                let _ = reply.send(result.clone());
-            }
-            for reply in flushes.drain(..) {
-                let _ = reply.send(result.clone());
-            }
+            answer_all(waiters.drain(..), &result);
             // Rotated only after answering: these callers' records are durable whatever happens to the hand-off.
             if result.is_ok() && self.segment.len() >= self.segment_bytes {
                 match self.rotate() {
@@ -544,27 +570,54 @@ impl Writer {
                 }
             }
         }
-        // Closing: the last segment goes to the checkpointer like a full one, so a clean stop leaves no log behind.
+        // Closing: the last segment goes to the checkpointer like a full one, so a clean stop leaves no log behind
+        // (and a spare for the next start).
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+        }
         if self.poison.lock().expect("poison lock").is_some() {
             tracing::error!("the store failed earlier; the log will be replayed at the next start");
-        } else if let Err(e) = self.segment.sync().map_err(|e| self.write_err(e)) {
+        } else if let Err(e) = self.segment.seal().map_err(|e| self.write_err(e)) {
             self.fail(&e);
         } else if self.sealed.send(self.segment.seq).is_err() {
             tracing::error!("the checkpointer stopped; the log will be replayed at the next start");
         }
     }
 
-    /// Seals the active segment (synced in full, so that damage found in it later is corruption and not a torn
-    /// write) and starts the next. Waits while the checkpointer is [`CHECKPOINT_QUEUE`] segments behind: that
-    /// backpressure is what bounds the log on disk.
+    /// Seals the active segment (cut to its records and synced in full, so that damage found in it later is
+    /// corruption and not a torn write) and starts the next from the spare. Waits while the checkpointer is
+    /// [`CHECKPOINT_QUEUE`] segments behind: that backpressure is what bounds the log on disk.
     fn rotate(&mut self) -> Result<(), StoreError> {
-        self.segment.sync().map_err(|e| self.write_err(e))?;
-        let next = Segment::create(&self.wal_dir, self.segment.seq + 1).map_err(|e| self.write_err(e))?;
+        self.segment.seal().map_err(|e| self.write_err(e))?;
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+        }
+        let next =
+            Segment::start(&self.wal_dir, self.segment.seq + 1, self.segment_bytes).map_err(|e| self.write_err(e))?;
+        self.spare = self.prepare_spare();
         let full = std::mem::replace(&mut self.segment, next);
-        self.sealed.send(full.seq).map_err(|_| StoreError::Write {
-            path: self.path.clone(),
-            reason: "the checkpointer stopped".into(),
-        })
+        self.sealed
+            .send(full.seq)
+            .map_err(|_| self.stopped("the checkpointer stopped"))
+    }
+
+    /// Writes the next segment's spare on a thread of its own (it is a segment's worth of zeros and a sync), so that
+    /// a rotation does not hold up commits. Without a spare the next segment is grown as it is written: slower
+    /// syncs, nothing lost.
+    fn prepare_spare(&self) -> Option<JoinHandle<()>> {
+        if wal::has_spare(&self.wal_dir, self.segment_bytes) {
+            return None;
+        }
+        let (dir, bytes) = (self.wal_dir.clone(), self.segment_bytes);
+        std::thread::Builder::new()
+            .name("spool-wal-spare".into())
+            .spawn(move || {
+                if let Err(e) = wal::prepare_spare(&dir, bytes) {
+                    tracing::warn!(error = %e, "cannot prepare the next log segment; it will grow as it is written");
+                }
+            })
+            .map_err(|e| tracing::warn!(error = %e, "cannot start the thread that prepares log segments"))
+            .ok()
     }
 
     fn fail(&self, e: &StoreError) {
@@ -573,9 +626,13 @@ impl Writer {
     }
 
     fn write_err(&self, e: std::io::Error) -> StoreError {
+        self.stopped(&e.to_string())
+    }
+
+    fn stopped(&self, reason: &str) -> StoreError {
         StoreError::Write {
             path: self.path.clone(),
-            reason: e.to_string(),
+            reason: reason.into(),
         }
     }
 }

@@ -15,7 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::codec;
@@ -113,7 +114,43 @@ fn len_u32(len: usize) -> u32 {
     u32::try_from(len).expect("WAL record under 4 GiB")
 }
 
-/// The segment being appended to.
+/// The name of the spare segment: zero-filled to a segment's full size and synced, ahead of need, under a name that
+/// recovery ignores. A segment started from it is written in place, so the `fdatasync` of each commit flushes data
+/// only: appending instead grows the file, and every sync then also commits the new size and extents to the file
+/// system's journal (on this kind of machine `fdatasync` after a 8 KB write took 157 µs appending, 100 µs in place).
+const SPARE: &str = "next.spare";
+/// Where the spare is written before it is complete: a crash part-way leaves this name, never a short spare.
+const SPARE_PARTIAL: &str = "next.spare.partial";
+
+/// Writes the spare segment for `dir`: `bytes` zeros, synced, then renamed into place.
+pub(crate) fn prepare_spare(dir: &Path, bytes: u64) -> io::Result<()> {
+    let partial = dir.join(SPARE_PARTIAL);
+    let file = File::create(&partial)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < bytes {
+        let n = zeros.len().min((bytes - at) as usize);
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_all()?;
+    fs::rename(partial, dir.join(SPARE))
+}
+
+/// Removes a spare that a crash left half written.
+pub(crate) fn remove_partial_spare(dir: &Path) -> io::Result<()> {
+    match fs::remove_file(dir.join(SPARE_PARTIAL)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `dir` holds a complete spare of `bytes` bytes.
+pub(crate) fn has_spare(dir: &Path, bytes: u64) -> bool {
+    fs::metadata(dir.join(SPARE)).is_ok_and(|m| m.len() == bytes)
+}
+
+/// The segment being written.
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) seq: u64,
@@ -122,18 +159,27 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    /// Creates segment `seq` and makes its name durable, so a record synced into it is found after a power cut.
-    pub(crate) fn create(dir: &Path, seq: u64) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(segment_path(dir, seq))?;
+    /// Starts segment `seq` from the spare if `dir` has one of `bytes` bytes (a spare of another size, left by a
+    /// run with another segment size, is removed), else as an empty file, and makes its name durable, so a record
+    /// synced into it is found after a power cut.
+    pub(crate) fn start(dir: &Path, seq: u64, bytes: u64) -> io::Result<Self> {
+        let path = segment_path(dir, seq);
+        let file = if has_spare(dir, bytes) {
+            fs::rename(dir.join(SPARE), &path)?;
+            OpenOptions::new().write(true).open(&path)?
+        } else {
+            match fs::remove_file(dir.join(SPARE)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            OpenOptions::new().write(true).create_new(true).open(&path)?
+        };
         File::open(dir)?.sync_all()?;
         Ok(Self { seq, file, len: 0 })
     }
 
     pub(crate) fn append(&mut self, record: &[u8]) -> io::Result<()> {
-        self.file.write_all(record)?;
+        self.file.write_all_at(record, self.len)?;
         self.len += record.len() as u64;
         Ok(())
     }
@@ -141,6 +187,13 @@ impl Segment {
     /// `fdatasync`: unlike sled's `sync_file_range`, this also flushes the device's write cache and the file size.
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// Ends the segment: cut to the records written (the rest of the spare's zeros go) and synced whole, so that in
+    /// any segment but the newest, whatever does not parse is corruption.
+    pub(crate) fn seal(&self) -> io::Result<()> {
+        self.file.set_len(self.len)?;
+        self.file.sync_all()
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -181,11 +234,12 @@ pub(crate) enum ReadError {
     },
 }
 
-/// Folds the records of segment `seq` into `net`. In the newest segment (`last`), a damaged or short record and
-/// everything after it is taken for a write torn by a crash and dropped, with a warning naming the bytes: with
-/// `durability = always` no caller of it was answered (an answer waits for the `fdatasync` that covers the record);
-/// with `interval` or `none` it is within what those settings may lose. In any other segment — synced in full before
-/// the next was started — damage is corruption.
+/// Folds the records of segment `seq` into `net`. In the newest segment (`last`), the records end where the spare's
+/// zeros begin, and a damaged or short record and everything after it is taken for a write torn by a crash and
+/// dropped, with a warning naming the bytes: with `durability = always` no caller of it was answered (an answer waits
+/// for the `fdatasync` that covers the record); with `interval` or `none` it is within what those settings may lose.
+/// Any other segment was sealed (cut to its records and synced in full) before the next was started, so anything in
+/// it that does not parse, zeros included, is corruption.
 pub(crate) fn read_segment(dir: &Path, seq: u64, last: bool, net: &mut NetWrites) -> Result<(), ReadError> {
     let bytes = fs::read(segment_path(dir, seq)).map_err(ReadError::Io)?;
     let mut at = 0usize;
@@ -203,20 +257,23 @@ pub(crate) fn read_segment(dir: &Path, seq: u64, last: bool, net: &mut NetWrites
             }
             Err(reason) => reason,
         };
-        if last {
+        if !last {
+            return Err(ReadError::Corrupt {
+                offset: at as u64,
+                reason: damage,
+            });
+        }
+        let end = bytes.iter().rposition(|&b| b != 0).map_or(at, |i| i + 1);
+        if end > at {
             tracing::warn!(
                 segment = seq,
                 offset = at,
-                dropped_bytes = bytes.len() - at,
+                dropped_bytes = end - at,
                 %damage,
                 "dropping a torn write-ahead log tail"
             );
-            return Ok(());
         }
-        return Err(ReadError::Corrupt {
-            offset: at as u64,
-            reason: damage,
-        });
+        return Ok(());
     }
     Ok(())
 }
@@ -308,7 +365,7 @@ mod tests {
     }
 
     fn written(dir: &Path, records: &[Vec<Mutation>]) -> Vec<u8> {
-        let mut segment = Segment::create(dir, 1).unwrap();
+        let mut segment = Segment::start(dir, 1, 0).unwrap();
         let mut record = RecordBuf::new();
         for ops in records {
             for op in ops.iter().cloned() {
@@ -324,7 +381,7 @@ mod tests {
     fn a_merge_that_does_not_fit_is_corruption_even_at_the_end_of_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let key = codec::job_key(&JobId::generate(1));
-        let mut segment = Segment::create(dir.path(), 1).unwrap();
+        let mut segment = Segment::start(dir.path(), 1, 0).unwrap();
         let mut record = RecordBuf::new();
         record.delete(&key);
         segment.append(record.finish()).unwrap();
@@ -419,12 +476,78 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_started_from_the_spare_ends_where_its_zeros_begin() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare_spare(dir.path(), 4096).unwrap();
+        assert!(has_spare(dir.path(), 4096));
+        let mut segment = Segment::start(dir.path(), 1, 4096).unwrap();
+        assert!(!has_spare(dir.path(), 4096), "the spare became the segment");
+        let mut record = RecordBuf::new();
+        record.push(queue("a", false));
+        segment.append(record.finish()).unwrap();
+        let good = segment.len();
+        assert_eq!(
+            fs::metadata(segment_path(dir.path(), 1)).unwrap().len(),
+            4096,
+            "written in place"
+        );
+
+        let mut net = NetWrites::new();
+        read_segment(dir.path(), 1, true, &mut net).unwrap();
+        assert_eq!(net.keys().cloned().collect::<Vec<_>>(), vec![codec::queue_key("a")]);
+        // Unsealed, the zeros would be corruption in an older segment: only sealing makes it one.
+        let err = read_segment(dir.path(), 1, false, &mut NetWrites::new()).unwrap_err();
+        assert!(matches!(err, ReadError::Corrupt { offset, .. } if offset == good));
+
+        segment.seal().unwrap();
+        assert_eq!(fs::metadata(segment_path(dir.path(), 1)).unwrap().len(), good);
+        let mut net = NetWrites::new();
+        read_segment(dir.path(), 1, false, &mut net).unwrap();
+        assert_eq!(net.len(), 1);
+    }
+
+    #[test]
+    fn a_torn_write_over_the_spare_is_dropped_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare_spare(dir.path(), 4096).unwrap();
+        let mut segment = Segment::start(dir.path(), 1, 4096).unwrap();
+        let mut record = RecordBuf::new();
+        record.push(queue("a", false));
+        segment.append(record.finish()).unwrap();
+        record.clear();
+        record.push(queue("b", false));
+        let whole = record.finish().to_vec();
+        // A crash persisted the second record's header but not its body: the spare's zeros show through.
+        let mut torn = whole.clone();
+        torn[HEADER..].fill(0);
+        segment.append(&torn).unwrap();
+
+        let mut net = NetWrites::new();
+        read_segment(dir.path(), 1, true, &mut net).unwrap();
+        assert_eq!(net.keys().cloned().collect::<Vec<_>>(), vec![codec::queue_key("a")]);
+    }
+
+    #[test]
+    fn a_spare_of_another_size_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare_spare(dir.path(), 100).unwrap();
+        Segment::start(dir.path(), 1, 4096).unwrap();
+        assert_eq!(fs::metadata(segment_path(dir.path(), 1)).unwrap().len(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "the old spare is removed, not left taking space"
+        );
+    }
+
+    #[test]
     fn segments_list_in_log_order_and_ignore_other_files() {
         let dir = tempfile::tempdir().unwrap();
         for seq in [10, 2, 1] {
-            Segment::create(dir.path(), seq).unwrap();
+            Segment::start(dir.path(), seq, 0).unwrap();
         }
         fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        prepare_spare(dir.path(), 64).unwrap();
         assert_eq!(list_segments(dir.path()).unwrap(), vec![1, 2, 10]);
     }
 }

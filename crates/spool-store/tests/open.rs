@@ -1,6 +1,7 @@
 //! Opening a data directory: fresh, reopened, and the ways it can be wrong. Each bad directory must be refused with
 //! an error that names its path, never silently opened as an empty store.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -314,16 +315,13 @@ async fn a_directory_copied_mid_run_recovers_committed_writes_from_the_log() {
     let copy = dir.path().join("copy");
     copy_dir(&dir.path().join("data"), &copy);
     drop(store);
-    // The crash also tore a write that was never answered.
-    let segment = std::fs::read_dir(copy.join("wal"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let mut torn = std::fs::read(&segment).unwrap();
-    torn.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3, 4, b'P']);
-    std::fs::write(&segment, torn).unwrap();
+    // The crash also tore a write that was never answered: its first bytes landed right after the last record,
+    // over the zeros the segment was prepared with.
+    let segment = log_segments(&copy.join("wal")).pop().expect("a log segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let end = records_end(&bytes);
+    bytes[end..end + 9].copy_from_slice(&[40, 0, 0, 0, 1, 2, 3, 4, b'P']);
+    std::fs::write(&segment, bytes).unwrap();
 
     let recovered = SledStore::open(SledConfig::new(&copy)).unwrap();
     let jobs = with_payloads(&recovered, recovered.load().unwrap().jobs);
@@ -333,10 +331,67 @@ async fn a_directory_copied_mid_run_recovers_committed_writes_from_the_log() {
         "the later commit's delete and put both replayed; the torn record dropped"
     );
     assert_eq!(
-        std::fs::read_dir(copy.join("wal")).unwrap().count(),
+        log_segments(&copy.join("wal")).len(),
         1,
         "the old segment is folded into sled"
     );
+}
+
+/// The log segments in `dir` (not the spare), in log order.
+fn log_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// Where a segment's records end: walks their headers (`[length: u32 LE][crc32: u32 LE]`) to the first zero length.
+fn records_end(segment: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        let len = u32::from_le_bytes(segment[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            return at;
+        }
+        at += 8 + len;
+    }
+}
+
+#[tokio::test]
+async fn a_clean_stop_leaves_a_spare_segment_and_no_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SledConfig::new(dir.path().join("data"));
+    config.segment_bytes = 64 * 1024;
+    let wal = config.path.join("wal");
+    let store = SledStore::open(config.clone()).unwrap();
+    let active = log_segments(&wal).pop().expect("the active segment");
+    assert_eq!(
+        std::fs::metadata(&active).unwrap().len(),
+        config.segment_bytes,
+        "the first segment is the spare prepared at open, written in place"
+    );
+    let a = job(1_700_000_000_000);
+    store.submit(vec![Mutation::PutJob(Arc::new(a.clone()))]).await.unwrap();
+    drop(store);
+
+    assert!(
+        log_segments(&wal).is_empty(),
+        "the last segment is checkpointed at a clean stop"
+    );
+    let names: Vec<_> = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["next.spare".to_string()]);
+    let spare = std::fs::read(wal.join("next.spare")).unwrap();
+    assert_eq!(spare.len() as u64, config.segment_bytes);
+    assert!(spare.iter().all(|&b| b == 0), "a spare holds nothing");
+
+    let store = SledStore::open(config).unwrap();
+    assert_eq!(with_payloads(&store, store.load().unwrap().jobs), vec![a]);
 }
 
 #[test]
