@@ -3,7 +3,8 @@
 //! Commits: callers hand batches to a channel; one writer thread drains everything waiting, appends it to the log
 //! (`wal.rs`) as one checksummed record and `fdatasync`s once, then answers every caller (group commit: under load
 //! one fsync answers hundreds of enqueues, so durable throughput grows with concurrency instead of being capped at the
-//! disk's fsync rate). That is one `write` and one `fdatasync` per commit, and no sled work on the commit path.
+//! disk's fsync rate). That is one `pwrite` and one `fdatasync` per commit, and no sled work on the commit path; the
+//! `pwrite` lands on zeros written ahead (the spare segment), so the `fdatasync` flushes data only.
 //!
 //! Checkpoints: when a segment reaches its size limit the writer starts the next one and hands the full one to a
 //! checkpointer thread, which folds it into sled — only the last write of each key, so a job pushed and acked within

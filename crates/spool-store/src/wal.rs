@@ -3,7 +3,7 @@
 //! Why a log of our own in front of sled: a commit through sled costs a page-cache batch (~8 µs of CPU per
 //! mutation), sled's flush (two `pwrite` + `sync_file_range` rounds) and our `fdatasync` — three device waits per
 //! group commit — and sled rewrites pages for every put and delete, so a queue that churns past a large backlog grows
-//! sled's file and cache without bound. Here a group commit is one `write` of one checksummed record and one
+//! sled's file and cache without bound. Here a group commit is one `pwrite` of one checksummed record and one
 //! `fdatasync`. sled becomes the checkpoint: a background thread folds each full segment into it, where a job that was
 //! pushed and acked inside one segment costs sled nothing at all.
 //!
@@ -11,7 +11,9 @@
 //! records; a record is `[payload length: u32 LE][crc32 of payload: u32 LE][payload]`, and its payload is a run of
 //! operations, `P` + key length (u32 LE) + key + value length (u32 LE) + value, `M` (the same for a job record to be
 //! given the payload already stored: see `codec::merge_job`), or `D` + key length + key. One record
-//! holds one group commit, so it is atomic: it is either read back whole or not at all.
+//! holds one group commit, so it is atomic: it is either read back whole or not at all. A segment starts as the spare
+//! (`next.spare`, zeros) and is written in place, so the active segment's records are followed by zeros; a sealed
+//! segment is cut to its records.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
