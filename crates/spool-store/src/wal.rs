@@ -124,19 +124,26 @@ const SPARE: &str = "next.spare";
 /// Where the spare is written before it is complete: a crash part-way leaves this name, never a short spare.
 const SPARE_PARTIAL: &str = "next.spare.partial";
 
-/// Writes the spare segment for `dir`: `bytes` zeros, synced, then renamed into place.
+/// Writes the spare segment for `dir`: `bytes` zeros, synced, then renamed into place. On failure (a full disk,
+/// most likely) the part written is removed rather than left taking the space.
 pub(crate) fn prepare_spare(dir: &Path, bytes: u64) -> io::Result<()> {
     let partial = dir.join(SPARE_PARTIAL);
-    let file = File::create(&partial)?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut at = 0;
-    while at < bytes {
-        let n = zeros.len().min((bytes - at) as usize);
-        file.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
+    let written = (|| {
+        let file = File::create(&partial)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < bytes {
+            let n = zeros.len().min((bytes - at) as usize);
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        file.sync_all()?;
+        fs::rename(&partial, dir.join(SPARE))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&partial);
     }
-    file.sync_all()?;
-    fs::rename(partial, dir.join(SPARE))
+    written
 }
 
 /// Removes a spare that a crash left half written.
