@@ -4,7 +4,7 @@
 //! (`wal.rs`) as one checksummed record and `fdatasync`s once, then answers every caller (group commit: under load
 //! one fsync answers hundreds of enqueues, so durable throughput grows with concurrency instead of being capped at the
 //! disk's fsync rate). That is one `pwrite` and one `fdatasync` per commit, and no sled work on the commit path; the
-//! `pwrite` lands on zeros written ahead (the spare segment), so the `fdatasync` flushes data only.
+//! `pwrite` usually lands on zeros written ahead (the spare segment), so the `fdatasync` flushes data only.
 //!
 //! Checkpoints: when a segment reaches its size limit the writer starts the next one and hands the full one to a
 //! checkpointer thread, which folds it into sled — only the last write of each key, so a job pushed and acked within
@@ -23,7 +23,7 @@
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -222,11 +222,11 @@ impl SledStore {
         // The first segment too is written in place: a new directory pays for its spare here, once; a clean stop
         // leaves one for the next start.
         if !wal::has_spare(&wal_dir, segment_bytes) {
-            if let Err(e) = wal::prepare_spare(&wal_dir, segment_bytes) {
+            if let Err(e) = wal::prepare_spare(&wal_dir, segment_bytes, &AtomicBool::new(false)) {
                 tracing::warn!(error = %e, "cannot prepare a log segment; it will grow as it is written");
             }
         }
-        let segment = Segment::start(&wal_dir, leftover.last().map_or(1, |seq| seq + 1), segment_bytes)
+        let segment = Segment::start(&wal_dir, leftover.last().map_or(1, |seq| seq + 1), Some(segment_bytes))
             .map_err(|e| open_err(format!("cannot start a write-ahead log segment: {e}")))?;
 
         let poison: Poison = Arc::default();
@@ -254,6 +254,7 @@ impl SledStore {
             sealed: sealed_tx,
             record: RecordBuf::new(),
             spare: None,
+            closing: Arc::default(),
         };
         let writer = std::thread::Builder::new()
             .name("spool-store-writer".into())
@@ -471,6 +472,8 @@ struct Writer {
     record: RecordBuf,
     /// The thread writing the spare for the next segment, if one is running.
     spare: Option<JoinHandle<()>>,
+    /// Set at close: a spare still being written is abandoned.
+    closing: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -572,7 +575,8 @@ impl Writer {
             }
         }
         // Closing: the last segment goes to the checkpointer like a full one, so a clean stop leaves no log behind
-        // (and a spare for the next start).
+        // (and the spare for the next start, if it was complete).
+        self.closing.store(true, Ordering::Relaxed);
         if let Some(spare) = self.spare.take() {
             let _ = spare.join();
         }
@@ -586,16 +590,26 @@ impl Writer {
     }
 
     /// Seals the active segment (cut to its records and synced in full, so that damage found in it later is
-    /// corruption and not a torn write) and starts the next from the spare. Waits while the checkpointer is
+    /// corruption and not a torn write) and starts the next: from the spare if it is ready, else as a file that grows
+    /// as it is written — commits never wait for the spare's zeros. Waits while the checkpointer is
     /// [`CHECKPOINT_QUEUE`] segments behind: that backpressure is what bounds the log on disk.
     fn rotate(&mut self) -> Result<(), StoreError> {
         self.segment.seal().map_err(|e| self.write_err(e))?;
-        if let Some(spare) = self.spare.take() {
-            let _ = spare.join();
+        let spare_ready = self.spare.as_ref().is_none_or(JoinHandle::is_finished);
+        if spare_ready {
+            if let Some(spare) = self.spare.take() {
+                let _ = spare.join();
+            }
         }
-        let next =
-            Segment::start(&self.wal_dir, self.segment.seq + 1, self.segment_bytes).map_err(|e| self.write_err(e))?;
-        self.spare = self.prepare_spare();
+        let next = Segment::start(
+            &self.wal_dir,
+            self.segment.seq + 1,
+            spare_ready.then_some(self.segment_bytes),
+        )
+        .map_err(|e| self.write_err(e))?;
+        if self.spare.is_none() {
+            self.spare = self.prepare_spare();
+        }
         let full = std::mem::replace(&mut self.segment, next);
         self.sealed
             .send(full.seq)
@@ -609,13 +623,14 @@ impl Writer {
         if wal::has_spare(&self.wal_dir, self.segment_bytes) {
             return None;
         }
-        let (dir, bytes) = (self.wal_dir.clone(), self.segment_bytes);
+        let (dir, bytes, closing) = (self.wal_dir.clone(), self.segment_bytes, self.closing.clone());
         std::thread::Builder::new()
             .name("spool-wal-spare".into())
-            .spawn(move || {
-                if let Err(e) = wal::prepare_spare(&dir, bytes) {
+            .spawn(move || match wal::prepare_spare(&dir, bytes, &closing) {
+                Err(e) if !closing.load(Ordering::Relaxed) => {
                     tracing::warn!(error = %e, "cannot prepare the next log segment; it will grow as it is written");
                 }
+                _ => {}
             })
             .map_err(|e| tracing::warn!(error = %e, "cannot start the thread that prepares log segments"))
             .ok()

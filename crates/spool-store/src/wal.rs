@@ -20,6 +20,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::codec;
 use crate::Mutation;
@@ -124,15 +125,19 @@ const SPARE: &str = "next.spare";
 /// Where the spare is written before it is complete: a crash part-way leaves this name, never a short spare.
 const SPARE_PARTIAL: &str = "next.spare.partial";
 
-/// Writes the spare segment for `dir`: `bytes` zeros, synced, then renamed into place. On failure (a full disk,
-/// most likely) the part written is removed rather than left taking the space.
-pub(crate) fn prepare_spare(dir: &Path, bytes: u64) -> io::Result<()> {
+/// Writes the spare segment for `dir`: `bytes` zeros, synced, then renamed into place. Stops between megabytes once
+/// `cancel` is set (a clean stop need not wait for a large segment's zeros). On failure (a full disk, most likely) or
+/// cancellation the part written is removed rather than left taking the space.
+pub(crate) fn prepare_spare(dir: &Path, bytes: u64, cancel: &AtomicBool) -> io::Result<()> {
     let partial = dir.join(SPARE_PARTIAL);
     let written = (|| {
         let file = File::create(&partial)?;
         let zeros = vec![0u8; 1 << 20];
         let mut at = 0;
         while at < bytes {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "the store is closing"));
+            }
             let n = zeros.len().min((bytes - at) as usize);
             file.write_all_at(&zeros[..n], at)?;
             at += n as u64;
@@ -168,20 +173,32 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    /// Starts segment `seq` from the spare if `dir` has one of `bytes` bytes (a spare of another size, left by a
-    /// run with another segment size, is removed), else as an empty file, and makes its name durable, so a record
-    /// synced into it is found after a power cut.
-    pub(crate) fn start(dir: &Path, seq: u64, bytes: u64) -> io::Result<Self> {
+    /// Starts segment `seq` and makes its name durable, so a record synced into it is found after a power cut. With
+    /// `spare: Some(bytes)` it is the spare if `dir` has one of that size (a spare of another size, left by a run
+    /// with another segment size, is removed); otherwise, or with `None` (the spare is still being written: leave
+    /// it alone), an empty file that grows as it is written.
+    pub(crate) fn start(dir: &Path, seq: u64, spare: Option<u64>) -> io::Result<Self> {
         let path = segment_path(dir, seq);
-        let file = if has_spare(dir, bytes) {
-            fs::rename(dir.join(SPARE), &path)?;
-            OpenOptions::new().write(true).open(&path)?
-        } else {
-            match fs::remove_file(dir.join(SPARE)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("log segment {} already exists", path.display()),
+            ));
+        }
+        let file = match spare {
+            Some(bytes) if has_spare(dir, bytes) => {
+                fs::rename(dir.join(SPARE), &path)?;
+                OpenOptions::new().write(true).open(&path)?
             }
-            OpenOptions::new().write(true).create_new(true).open(&path)?
+            _ => {
+                if spare.is_some() {
+                    match fs::remove_file(dir.join(SPARE)) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
+                }
+                OpenOptions::new().write(true).create_new(true).open(&path)?
+            }
         };
         File::open(dir)?.sync_all()?;
         Ok(Self { seq, file, len: 0 })
@@ -374,7 +391,7 @@ mod tests {
     }
 
     fn written(dir: &Path, records: &[Vec<Mutation>]) -> Vec<u8> {
-        let mut segment = Segment::start(dir, 1, 0).unwrap();
+        let mut segment = Segment::start(dir, 1, None).unwrap();
         let mut record = RecordBuf::new();
         for ops in records {
             for op in ops.iter().cloned() {
@@ -390,7 +407,7 @@ mod tests {
     fn a_merge_that_does_not_fit_is_corruption_even_at_the_end_of_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let key = codec::job_key(&JobId::generate(1));
-        let mut segment = Segment::start(dir.path(), 1, 0).unwrap();
+        let mut segment = Segment::start(dir.path(), 1, None).unwrap();
         let mut record = RecordBuf::new();
         record.delete(&key);
         segment.append(record.finish()).unwrap();
@@ -487,9 +504,9 @@ mod tests {
     #[test]
     fn a_segment_started_from_the_spare_ends_where_its_zeros_begin() {
         let dir = tempfile::tempdir().unwrap();
-        prepare_spare(dir.path(), 4096).unwrap();
+        prepare_spare(dir.path(), 4096, &AtomicBool::new(false)).unwrap();
         assert!(has_spare(dir.path(), 4096));
-        let mut segment = Segment::start(dir.path(), 1, 4096).unwrap();
+        let mut segment = Segment::start(dir.path(), 1, Some(4096)).unwrap();
         assert!(!has_spare(dir.path(), 4096), "the spare became the segment");
         let mut record = RecordBuf::new();
         record.push(queue("a", false));
@@ -518,8 +535,8 @@ mod tests {
     #[test]
     fn a_torn_write_over_the_spare_is_dropped_whole() {
         let dir = tempfile::tempdir().unwrap();
-        prepare_spare(dir.path(), 4096).unwrap();
-        let mut segment = Segment::start(dir.path(), 1, 4096).unwrap();
+        prepare_spare(dir.path(), 4096, &AtomicBool::new(false)).unwrap();
+        let mut segment = Segment::start(dir.path(), 1, Some(4096)).unwrap();
         let mut record = RecordBuf::new();
         record.push(queue("a", false));
         segment.append(record.finish()).unwrap();
@@ -537,10 +554,38 @@ mod tests {
     }
 
     #[test]
+    fn a_spare_being_written_is_left_alone_and_a_cancelled_one_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare_spare(dir.path(), 4096, &AtomicBool::new(false)).unwrap();
+        Segment::start(dir.path(), 1, None).unwrap();
+        assert!(
+            has_spare(dir.path(), 4096),
+            "a segment started without the spare leaves it for the next"
+        );
+        assert_eq!(fs::metadata(segment_path(dir.path(), 1)).unwrap().len(), 0);
+        let err = Segment::start(dir.path(), 1, Some(4096)).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::AlreadyExists,
+            "a segment is never started over another"
+        );
+        assert!(has_spare(dir.path(), 4096));
+
+        let other = tempfile::tempdir().unwrap();
+        let err = prepare_spare(other.path(), 4 << 20, &AtomicBool::new(true)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        assert_eq!(
+            fs::read_dir(other.path()).unwrap().count(),
+            0,
+            "nothing half written is left"
+        );
+    }
+
+    #[test]
     fn a_spare_of_another_size_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
-        prepare_spare(dir.path(), 100).unwrap();
-        Segment::start(dir.path(), 1, 4096).unwrap();
+        prepare_spare(dir.path(), 100, &AtomicBool::new(false)).unwrap();
+        Segment::start(dir.path(), 1, Some(4096)).unwrap();
         assert_eq!(fs::metadata(segment_path(dir.path(), 1)).unwrap().len(), 0);
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
@@ -553,10 +598,10 @@ mod tests {
     fn segments_list_in_log_order_and_ignore_other_files() {
         let dir = tempfile::tempdir().unwrap();
         for seq in [10, 2, 1] {
-            Segment::start(dir.path(), seq, 0).unwrap();
+            Segment::start(dir.path(), seq, None).unwrap();
         }
         fs::write(dir.path().join("notes.txt"), b"x").unwrap();
-        prepare_spare(dir.path(), 64).unwrap();
+        prepare_spare(dir.path(), 64, &AtomicBool::new(false)).unwrap();
         assert_eq!(list_segments(dir.path()).unwrap(), vec![1, 2, 10]);
     }
 }
