@@ -120,7 +120,7 @@ fn len_u32(len: usize) -> u32 {
 /// The name of the spare segment: zero-filled to a segment's full size and synced, ahead of need, under a name that
 /// recovery ignores. A segment started from it is written in place, so the `fdatasync` of each commit flushes data
 /// only: appending instead grows the file, and every sync then also commits the new size and extents to the file
-/// system's journal (on this kind of machine `fdatasync` after a 8 KB write took 157 µs appending, 100 µs in place).
+/// system's journal (on this kind of machine `fdatasync` after an 8 KB write took 157 µs appending, 100 µs in place).
 const SPARE: &str = "next.spare";
 /// Where the spare is written before it is complete: a crash part-way leaves this name, never a short spare.
 const SPARE_PARTIAL: &str = "next.spare.partial";
@@ -521,7 +521,7 @@ mod tests {
         let mut net = NetWrites::new();
         read_segment(dir.path(), 1, true, &mut net).unwrap();
         assert_eq!(net.keys().cloned().collect::<Vec<_>>(), vec![codec::queue_key("a")]);
-        // Unsealed, the zeros would be corruption in an older segment: only sealing makes it one.
+        // Read as an older segment before it is sealed, its zeros are corruption; sealing cuts them off.
         let err = read_segment(dir.path(), 1, false, &mut NetWrites::new()).unwrap_err();
         assert!(matches!(err, ReadError::Corrupt { offset, .. } if offset == good));
 
