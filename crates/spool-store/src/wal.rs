@@ -153,7 +153,11 @@ pub(crate) fn prepare_spare(dir: &Path, bytes: u64, cancel: &AtomicBool) -> io::
 
 /// Removes a spare that a crash left half written.
 pub(crate) fn remove_partial_spare(dir: &Path) -> io::Result<()> {
-    match fs::remove_file(dir.join(SPARE_PARTIAL)) {
+    remove_if_present(&dir.join(SPARE_PARTIAL))
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
@@ -192,10 +196,7 @@ impl Segment {
             }
             _ => {
                 if spare.is_some() {
-                    match fs::remove_file(dir.join(SPARE)) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                        _ => {}
-                    }
+                    remove_if_present(&dir.join(SPARE))?;
                 }
                 OpenOptions::new().write(true).create_new(true).open(&path)?
             }
