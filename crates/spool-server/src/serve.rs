@@ -24,6 +24,7 @@ use crate::config::Config;
 /// Runs the daemon until a signal, then shuts down in order.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.server.workers())
         .enable_all()
         .thread_name("spool-worker")
         .build()
@@ -42,7 +43,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(store);
     let broker = Broker::open(store.clone(), Arc::new(SystemClock), engine_config)?;
     let (jobs, queues) = broker.totals();
-    tracing::info!(data_dir = %data_dir.display(), jobs, queues, durability = ?cfg.storage.durability, "spool started");
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        jobs,
+        queues,
+        durability = ?cfg.storage.durability,
+        workers = cfg.server.workers(),
+        "spool started"
+    );
 
     let timers = tokio::spawn({
         let broker = broker.clone();
