@@ -67,8 +67,8 @@ pub struct ServerSection {
 
 impl ServerSection {
     /// The async worker threads to start. Under load the store's own threads (the log writer and the checkpointer)
-    /// want about a core between them; a worker on every CPU as well takes that core from them and from each other,
-    /// and on two cores one worker served unpipelined pushes 12–20% faster than two (docs/benchmarks.md).
+    /// want about a core between them; a worker on every CPU as well takes that core from them and from each other.
+    /// On two cores one worker served unpipelined pushes 7–20% faster than two, other loads level (docs/benchmarks.md).
     pub fn workers(&self) -> usize {
         match self.worker_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
