@@ -613,7 +613,7 @@ impl Writer {
         let full = std::mem::replace(&mut self.segment, next);
         self.sealed
             .send(full.seq)
-            .map_err(|_| self.stopped("the checkpointer stopped"))
+            .map_err(|_| self.write_err("the checkpointer stopped"))
     }
 
     /// Writes the next segment's spare on a thread of its own (it is a segment's worth of zeros and a sync), so that
@@ -641,14 +641,10 @@ impl Writer {
         *self.poison.lock().expect("poison lock") = Some(e.clone());
     }
 
-    fn write_err(&self, e: std::io::Error) -> StoreError {
-        self.stopped(&e.to_string())
-    }
-
-    fn stopped(&self, reason: &str) -> StoreError {
+    fn write_err(&self, reason: impl std::fmt::Display) -> StoreError {
         StoreError::Write {
             path: self.path.clone(),
-            reason: reason.into(),
+            reason: reason.to_string(),
         }
     }
 }
@@ -686,7 +682,7 @@ impl Checkpoint {
         for (i, &seq) in seqs.iter().enumerate() {
             let torn_ok = newest_may_be_torn && i + 1 == seqs.len();
             wal::read_segment(&self.wal_dir, seq, torn_ok, &mut net).map_err(|e| match e {
-                ReadError::Io(e) => self.write_err(e.to_string()),
+                ReadError::Io(e) => self.write_err(e),
                 ReadError::Corrupt { offset, reason } => StoreError::Corrupt {
                     path: wal::segment_path(&self.wal_dir, seq),
                     key: format!("record at byte {offset}"),
@@ -715,13 +711,13 @@ impl Checkpoint {
                 // Most deletes are of jobs put in the same segments, which sled never saw: skip them rather than
                 // have sled log a removal of nothing.
                 Net::Delete => {
-                    if !self.db.contains_key(&key).map_err(|e| self.write_err(e.to_string()))? {
+                    if !self.db.contains_key(&key).map_err(|e| self.write_err(e))? {
                         continue;
                     }
                     batch.remove(key);
                 }
                 Net::Merge(update) => {
-                    let stored = self.db.get(&key).map_err(|e| self.write_err(e.to_string()))?;
+                    let stored = self.db.get(&key).map_err(|e| self.write_err(e))?;
                     let merged = stored
                         .ok_or_else(|| "a job record to merge is not in sled".to_string())
                         .and_then(|stored| codec::merge_job(&update, &stored))
@@ -733,19 +729,19 @@ impl Checkpoint {
             if in_batch == CHECKPOINT_BATCH {
                 self.db
                     .apply_batch(std::mem::take(&mut batch))
-                    .map_err(|e| self.write_err(e.to_string()))?;
+                    .map_err(|e| self.write_err(e))?;
                 in_batch = 0;
             }
         }
-        self.db.apply_batch(batch).map_err(|e| self.write_err(e.to_string()))?;
-        self.db.flush().map_err(|e| self.write_err(e.to_string()))?;
-        self.syncer.sync().map_err(|e| self.write_err(e.to_string()))?;
+        self.db.apply_batch(batch).map_err(|e| self.write_err(e))?;
+        self.db.flush().map_err(|e| self.write_err(e))?;
+        self.syncer.sync().map_err(|e| self.write_err(e))?;
         // One directory sync per removal: POSIX does not order unlinks on disk, and a newer segment gone while an
         // older one survives would replay the older writes over sled's newer state.
         for &seq in seqs {
             fs::remove_file(wal::segment_path(&self.wal_dir, seq))
                 .and_then(|()| File::open(&self.wal_dir)?.sync_all())
-                .map_err(|e| self.write_err(e.to_string()))?;
+                .map_err(|e| self.write_err(e))?;
         }
         self.listener.notify(&stored);
         Ok(())
@@ -756,17 +752,17 @@ impl Checkpoint {
     fn upgrade_schema_v1(&mut self) -> Result<(), StoreError> {
         self.db
             .insert(SCHEMA_KEY, codec::encode(&SCHEMA_VERSION))
-            .map_err(|e| self.write_err(e.to_string()))?;
-        self.db.flush().map_err(|e| self.write_err(e.to_string()))?;
-        self.syncer.sync().map_err(|e| self.write_err(e.to_string()))?;
+            .map_err(|e| self.write_err(e))?;
+        self.db.flush().map_err(|e| self.write_err(e))?;
+        self.syncer.sync().map_err(|e| self.write_err(e))?;
         tracing::info!(path = %self.path.display(), "store schema 1 marked as schema 2 (records unchanged)");
         Ok(())
     }
 
-    fn write_err(&self, reason: String) -> StoreError {
+    fn write_err(&self, reason: impl std::fmt::Display) -> StoreError {
         StoreError::Write {
             path: self.path.clone(),
-            reason,
+            reason: reason.to_string(),
         }
     }
 }
