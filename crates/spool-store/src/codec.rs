@@ -163,3 +163,87 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         None => Err("empty value".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use spool_core::{Jitter, JobState, Lease, Priority, RetryPolicy};
+
+    use super::*;
+
+    fn job(extras: bool) -> Job {
+        Job {
+            id: JobId::from_bytes(*b"0123456789abcdef"),
+            queue: QueueName::new("mail").unwrap(),
+            payload: b"hi".to_vec(),
+            payload_loaded: true,
+            priority: Priority::new(7).unwrap(),
+            created_at: 1_700_000_000_000,
+            enqueued_at: 1_700_000_000_001,
+            seq: 300,
+            run_at: Some(1_700_000_000_500),
+            expires_at: None,
+            attempts: 2,
+            max_attempts: 5,
+            lease_ms: 30_000,
+            retry: RetryPolicy {
+                initial_ms: 1_000,
+                multiplier: 2.0,
+                max_ms: 60_000,
+                jitter: Jitter::Equal,
+            },
+            unique_key: extras.then(|| "u".into()),
+            unique_until: extras.then_some(1_700_000_100_000),
+            headers: if extras {
+                BTreeMap::from([("a".into(), "b".into())])
+            } else {
+                BTreeMap::new()
+            },
+            last_error: extras.then(|| "boom".into()),
+            state: JobState::Dead,
+            lease: Some(Lease {
+                token: 9,
+                expires_at: 1_700_000_030_000,
+            }),
+            dead_at: extras.then_some(1_700_000_200_000),
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The bytes a job record had when schema 2 was written (commit `60bcc93`): `Job`'s in-memory shape may change,
+    /// its record may not, or directories written before would no longer load.
+    #[test]
+    fn job_records_keep_their_bytes() {
+        const FIELDS: &str = "1030313233343536373839616263646566046d61696c0780d095ffbc3181d095ffbc31ac0201f4d395ffbc31\
+                              000205b0ea01e8070000000000000040e0d403";
+        let cases = [
+            (false, format!("024e000000{FIELDS}0200000000040109b0ba97ffbc31006869")),
+            (
+                true,
+                format!(
+                    "0265000000{FIELDS}\
+                     0201017501a0dd9bffbc3101016101620104626f6f6d040109b0ba97ffbc3101c0eaa1ffbc316869"
+                ),
+            ),
+        ];
+        for (extras, expected) in cases {
+            let job = job(extras);
+            let record = encode_job_into(&job, Vec::new());
+            assert_eq!(hex(&record), expected, "extras: {extras}");
+            let decoded = decode_job(&record).unwrap();
+            assert_eq!(job_payload(&record).unwrap(), b"hi");
+            assert_eq!(
+                decoded,
+                Job {
+                    payload: Vec::new(),
+                    payload_loaded: false,
+                    ..job
+                }
+            );
+        }
+    }
+}
