@@ -15,7 +15,7 @@ mod schedule;
 
 pub use clock::{Clock, ManualClock, SystemClock, TimestampMs};
 pub use error::{ErrorCode, SpoolError};
-pub use job::{Job, JobId, JobOptions, JobState, Lease};
+pub use job::{Job, JobExtra, JobId, JobOptions, JobState, Lease};
 pub use names::{Priority, QueueName, MAX_QUEUE_NAME_LEN};
 pub use retry::{Jitter, RetryPolicy};
 pub use schedule::{

@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use rand::Rng;
 use spool_core::{
-    ErrorCode, Job, JobId, JobOptions, JobState, Lease, Priority, QueueName, Schedule, SpoolError, TimestampMs,
+    ErrorCode, Job, JobExtra, JobId, JobOptions, JobState, Lease, Priority, QueueName, Schedule, SpoolError,
+    TimestampMs,
 };
 use spool_store::{Mutation, QueueRecord, Snapshot, Store};
 
@@ -227,19 +228,19 @@ impl State {
             state.next_seq = state.next_seq.max(job.seq);
             state.front_seq = state.front_seq.min(job.seq);
             if job.state != JobState::Dead {
-                if let Some(key) = &job.unique_key {
+                if let Some(key) = job.unique_key() {
                     // Two live jobs can share a key when the first one's `unique_until` passed and a later job took
                     // the key over. The later job's claim always ends later (or never), so the longest claim is the
                     // holder; taking the first job loaded would hand the key back to an expired claim and let a
                     // duplicate in after every restart.
-                    let claim_end = |j: &Job| j.unique_until.unwrap_or(TimestampMs::MAX);
+                    let claim_end = |j: &Job| j.unique_until().unwrap_or(TimestampMs::MAX);
                     let outlasted = state
                         .unique
                         .get(key)
                         .and_then(|id| state.jobs.get(id))
                         .is_some_and(|holder| claim_end(holder) >= claim_end(&job));
                     if !outlasted {
-                        state.unique.insert(key.clone(), job.id);
+                        state.unique.insert(key.to_owned(), job.id);
                     }
                 }
             }
@@ -292,7 +293,7 @@ impl State {
             self.timers.insert((due, job.id));
         }
         if job.state == JobState::Dead {
-            self.dead.insert((job.dead_at.unwrap_or(0), job.id));
+            self.dead.insert((job.dead_at().unwrap_or(0), job.id));
         }
         let queue = self.queue_mut(&job.queue);
         match job.state {
@@ -312,7 +313,7 @@ impl State {
             self.timers.remove(&(due, job.id));
         }
         if job.state == JobState::Dead {
-            self.dead.remove(&(job.dead_at.unwrap_or(0), job.id));
+            self.dead.remove(&(job.dead_at().unwrap_or(0), job.id));
         }
         let queue = self.queue_mut(&job.queue);
         match job.state {
@@ -341,7 +342,7 @@ impl State {
     }
 
     fn release_unique(&mut self, job: &Job) {
-        if let Some(key) = &job.unique_key {
+        if let Some(key) = job.unique_key() {
             if self.unique.get(key) == Some(&job.id) {
                 self.unique.remove(key);
             }
@@ -419,8 +420,8 @@ impl State {
                 }));
             }
             job.seq = self.seq_at(position);
-            if let Some(key) = &job.unique_key {
-                self.unique.insert(key.clone(), job.id);
+            if let Some(key) = job.unique_key() {
+                self.unique.insert(key.to_owned(), job.id);
             }
             self.queue_mut(&job.queue).counters.enqueued += 1;
             out.push(Enqueued {
@@ -435,9 +436,8 @@ impl State {
     }
 
     fn holder_of_unique(&self, now: TimestampMs, job: &Job) -> Option<JobId> {
-        let key = job.unique_key.as_ref()?;
-        let holder = self.jobs.get(self.unique.get(key)?)?;
-        let held = holder.state != JobState::Dead && holder.unique_until.is_none_or(|until| until > now);
+        let holder = self.jobs.get(self.unique.get(job.unique_key()?)?)?;
+        let held = holder.state != JobState::Dead && holder.unique_until().is_none_or(|until| until > now);
         held.then_some(holder.id)
     }
 
@@ -497,21 +497,24 @@ impl State {
             max_attempts,
             lease_ms,
             retry,
-            unique_until: o
-                .unique_key
-                .as_ref()
-                .and(o.unique_ttl_ms)
-                .map(|t| now.saturating_add(t)),
-            unique_key: o.unique_key,
-            headers: o.headers,
-            last_error: None,
             state: if run_at.is_some() {
                 JobState::Scheduled
             } else {
                 JobState::Ready
             },
             lease: None,
-            dead_at: None,
+            extra: JobExtra {
+                unique_until: o
+                    .unique_key
+                    .as_ref()
+                    .and(o.unique_ttl_ms)
+                    .map(|t| now.saturating_add(t)),
+                unique_key: o.unique_key,
+                headers: o.headers,
+                last_error: None,
+                dead_at: None,
+            }
+            .boxed(),
         })
     }
 
@@ -690,19 +693,22 @@ impl State {
         };
         match delay_ms {
             None => {
-                job.last_error = Some(if exhausted && action != NackAction::Dead {
+                let error = if exhausted && action != NackAction::Dead {
                     format!("{reason} (attempts exhausted: {}/{})", job.attempts, job.max_attempts)
                 } else {
                     reason
+                };
+                job.update_extra(|e| {
+                    e.last_error = Some(error);
+                    e.dead_at = Some(now);
                 });
                 job.state = JobState::Dead;
-                job.dead_at = Some(now);
                 job.run_at = None;
                 self.queue_mut(&job.queue).counters.dead_lettered += 1;
                 self.release_unique(job);
             }
             Some(delay) => {
-                job.last_error = Some(reason);
+                job.update_extra(|e| e.last_error = Some(reason));
                 job.seq = self.next_seq();
                 job.enqueued_at = now;
                 if delay == 0 {
@@ -916,7 +922,7 @@ impl State {
         let start = after
             .and_then(|id| self.jobs.get(&id))
             .filter(|j| j.state == JobState::Dead)
-            .map(|j| (j.dead_at.unwrap_or(0), j.id));
+            .map(|j| (j.dead_at().unwrap_or(0), j.id));
         let range = match start {
             Some(from) => self
                 .dead
@@ -944,7 +950,7 @@ impl State {
             let job = Arc::make_mut(&mut slot);
             job.state = JobState::Ready;
             job.attempts = 0;
-            job.dead_at = None;
+            job.update_extra(|e| e.dead_at = None);
             job.run_at = None;
             job.seq = self.next_seq();
             job.enqueued_at = now;
@@ -953,10 +959,12 @@ impl State {
             // The job takes its key back unless another live job holds it by now; then it gives the key up (and the
             // write records that), since a restart could not tell which of two live holders of a key was the real one.
             if self.holder_of_unique(now, job).is_some() {
-                job.unique_key = None;
-                job.unique_until = None;
-            } else if let Some(key) = &job.unique_key {
-                self.unique.insert(key.clone(), job.id);
+                job.update_extra(|e| {
+                    e.unique_key = None;
+                    e.unique_until = None;
+                });
+            } else if let Some(key) = job.unique_key() {
+                self.unique.insert(key.to_owned(), job.id);
             }
             fx.writes.push(Mutation::PutJob(slot.clone()));
             self.put(slot, fx);

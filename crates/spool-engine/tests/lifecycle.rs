@@ -311,11 +311,7 @@ async fn lost_leases_retry_with_backoff_then_die() {
         "first retry waits the initial backoff"
     );
     assert!(job.lease.is_none());
-    assert!(
-        job.last_error.as_deref().unwrap().contains("lease"),
-        "{:?}",
-        job.last_error
-    );
+    assert!(job.last_error().unwrap().contains("lease"), "{:?}", job.last_error());
 
     clock.advance(499);
     broker.tick();
@@ -330,8 +326,8 @@ async fn lost_leases_retry_with_backoff_then_die() {
     assert_eq!(counts(&broker, "default"), (0, 0, 0, 0, 1), "attempts exhausted: dead");
     let dead = broker.get(id).unwrap();
     assert_eq!(dead.state, JobState::Dead);
-    assert_eq!(dead.dead_at, Some(T0 + 2_500));
-    let error = dead.last_error.unwrap();
+    assert_eq!(dead.dead_at(), Some(T0 + 2_500));
+    let error = dead.last_error().unwrap();
     assert!(error.contains("lease") && error.contains("2/2"), "{error}");
     let s = stats(&broker, "default");
     assert_eq!((s.failed_total, s.dead_lettered_total), (2, 1));
@@ -453,7 +449,7 @@ async fn nack_retry_retry_after_and_dead() {
         (j.state, j.run_at, j.attempts),
         (JobState::Retry, Some(T0 + 10 + 200), 1)
     );
-    assert_eq!(j.last_error.as_deref(), Some("boom"));
+    assert_eq!(j.last_error(), Some("boom"));
 
     let (id, token) = lease(1);
     broker.nack(id, token, NackAction::RetryAfter(700), None).await.unwrap();
@@ -474,9 +470,9 @@ async fn nack_retry_retry_after_and_dead() {
         .await
         .unwrap();
     let j = broker.get(id).unwrap();
-    assert_eq!((j.state, j.dead_at), (JobState::Dead, Some(T0 + 10)));
+    assert_eq!((j.state, j.dead_at()), (JobState::Dead, Some(T0 + 10)));
     assert_eq!(
-        j.last_error.as_deref(),
+        j.last_error(),
         Some("poison"),
         "dead on request keeps the worker's reason"
     );
@@ -747,7 +743,7 @@ async fn dead_letters_list_replay_and_purge() {
         kill,
         "listed in the order they died"
     );
-    assert_eq!(all[1].last_error.as_deref(), Some("b1 failed"));
+    assert_eq!(all[1].last_error(), Some("b1 failed"));
 
     // Paging with a cursor.
     let page1 = broker.dead_list(None, None, 2).unwrap();
@@ -768,7 +764,7 @@ async fn dead_letters_list_replay_and_purge() {
     // Replay one: back in its queue, attempts reset.
     assert_eq!(broker.dead_replay(DeadSelector::One(kill[2])).await.unwrap(), 1);
     let j = broker.get(kill[2]).unwrap();
-    assert_eq!((j.state, j.attempts, j.dead_at), (JobState::Ready, 0, None));
+    assert_eq!((j.state, j.attempts, j.dead_at()), (JobState::Ready, 0, None));
     assert_eq!(counts(&broker, "default"), (1, 0, 0, 0, 2));
     assert_err(
         broker.dead_replay(DeadSelector::One(kill[2])).await,

@@ -191,7 +191,7 @@ async fn dead_letters_and_paused_queues_survive() {
         "dead jobs, their order, errors and death times are intact"
     );
     assert_eq!(listed.iter().map(|j| j.id).collect::<Vec<_>>(), dead);
-    assert_eq!(listed[2].last_error.as_deref(), Some("d2 broke"));
+    assert_eq!(listed[2].last_error(), Some("d2 broke"));
     assert_eq!(counts(&broker, "default"), (0, 0, 0, 0, 2));
     assert!(stats(&broker, "critical").paused);
     assert!(stats(&broker, "made-up").paused);

@@ -159,6 +159,7 @@ impl TryFrom<&v1::RetryPolicy> for RetryPolicy {
 /// message instead of copying them a second time on the fetch path.
 impl From<Job> for v1::Job {
     fn from(job: Job) -> Self {
+        let extra = job.extra.map(|e| *e).unwrap_or_default();
         v1::Job {
             id: job.id.to_string(),
             queue: job.queue.to_string(),
@@ -172,16 +173,16 @@ impl From<Job> for v1::Job {
             max_attempts: job.max_attempts,
             lease_ms: job.lease_ms,
             retry: Some((&job.retry).into()),
-            unique_key: job.unique_key,
-            unique_until_ms: job.unique_until,
-            headers: job.headers.into_iter().collect(),
-            last_error: job.last_error,
+            unique_key: extra.unique_key,
+            unique_until_ms: extra.unique_until,
+            headers: extra.headers.into_iter().collect(),
+            last_error: extra.last_error,
             state: v1::JobState::from(job.state).into(),
             lease: job.lease.map(|l| v1::Lease {
                 token: l.token,
                 expires_at_ms: l.expires_at,
             }),
-            dead_at_ms: job.dead_at,
+            dead_at_ms: extra.dead_at,
         }
     }
 }

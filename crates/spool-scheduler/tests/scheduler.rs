@@ -56,7 +56,7 @@ impl Rig {
             .peek(queue, End::Next, 0, 10_000)
             .unwrap()
             .iter()
-            .filter_map(|j| j.headers.get("schedule_tick").map(|t| t.parse().unwrap()))
+            .filter_map(|j| j.headers().get("schedule_tick").map(|t| t.parse().unwrap()))
             .collect();
         ticks.sort_unstable();
         ticks

@@ -168,7 +168,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use spool_core::{Jitter, JobState, Lease, Priority, RetryPolicy};
+    use spool_core::{Jitter, JobExtra, JobState, Lease, Priority, RetryPolicy};
 
     use super::*;
 
@@ -193,20 +193,23 @@ mod tests {
                 max_ms: 60_000,
                 jitter: Jitter::Equal,
             },
-            unique_key: extras.then(|| "u".into()),
-            unique_until: extras.then_some(1_700_000_100_000),
-            headers: if extras {
-                BTreeMap::from([("a".into(), "b".into())])
-            } else {
-                BTreeMap::new()
-            },
-            last_error: extras.then(|| "boom".into()),
             state: JobState::Dead,
             lease: Some(Lease {
                 token: 9,
                 expires_at: 1_700_000_030_000,
             }),
-            dead_at: extras.then_some(1_700_000_200_000),
+            extra: JobExtra {
+                unique_key: extras.then(|| "u".into()),
+                unique_until: extras.then_some(1_700_000_100_000),
+                headers: if extras {
+                    BTreeMap::from([("a".into(), "b".into())])
+                } else {
+                    BTreeMap::new()
+                },
+                last_error: extras.then(|| "boom".into()),
+                dead_at: extras.then_some(1_700_000_200_000),
+            }
+            .boxed(),
         }
     }
 

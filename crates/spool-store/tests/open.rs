@@ -24,13 +24,9 @@ fn job(now: u64) -> Job {
         max_attempts: 3,
         lease_ms: 1_000,
         retry: RetryPolicy::default(),
-        unique_key: None,
-        unique_until: None,
-        headers: Default::default(),
-        last_error: None,
         state: JobState::Ready,
         lease: None,
-        dead_at: None,
+        extra: None,
     }
 }
 
@@ -175,10 +171,10 @@ struct JobV1<'a> {
     max_attempts: u32,
     lease_ms: u64,
     retry: RetryPolicy,
-    unique_key: &'a Option<String>,
+    unique_key: Option<&'a str>,
     unique_until: Option<u64>,
     headers: &'a std::collections::BTreeMap<String, String>,
-    last_error: &'a Option<String>,
+    last_error: Option<&'a str>,
     state: JobState,
     lease: Option<spool_core::Lease>,
     dead_at: Option<u64>,
@@ -199,13 +195,13 @@ fn v1_record(j: &Job) -> Vec<u8> {
         max_attempts: j.max_attempts,
         lease_ms: j.lease_ms,
         retry: j.retry,
-        unique_key: &j.unique_key,
-        unique_until: j.unique_until,
-        headers: &j.headers,
-        last_error: &j.last_error,
+        unique_key: j.unique_key(),
+        unique_until: j.unique_until(),
+        headers: j.headers(),
+        last_error: j.last_error(),
         state: j.state,
         lease: j.lease,
-        dead_at: j.dead_at,
+        dead_at: j.dead_at(),
     };
     let mut record = vec![1];
     record.extend(postcard::to_allocvec(&v1).unwrap());
@@ -218,8 +214,10 @@ async fn a_schema_1_directory_is_read_as_it_is() {
     let data = dir.path().join("data");
     let mut a = job(1_700_000_000_000);
     a.payload = vec![0xAB; 300];
-    a.unique_key = Some("k".into());
-    a.headers.insert("h".into(), "v".into());
+    a.update_extra(|e| {
+        e.unique_key = Some("k".into());
+        e.headers.insert("h".into(), "v".into());
+    });
     a.run_at = Some(1_700_000_009_000);
     let b = job(1_700_000_000_001);
     {

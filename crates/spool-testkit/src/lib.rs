@@ -84,7 +84,7 @@ impl Door for EngineDoor<'_> {
 
     async fn dead_errors(&mut self, queue: &str) -> Vec<Option<String>> {
         let dead = self.0.dead_list(Some(queue), None, 100).expect("dead list");
-        dead.into_iter().map(|j| j.last_error).collect()
+        dead.iter().map(|j| j.last_error().map(str::to_owned)).collect()
     }
 
     async fn replay(&mut self, id: &str) -> u64 {

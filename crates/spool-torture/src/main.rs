@@ -225,7 +225,7 @@ fn schedule_dump(dir: PathBuf) -> Result<()> {
     let snapshot = open_store(dir)?.load()?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     for job in &snapshot.jobs {
-        if let Some(tick) = job.headers.get("schedule_tick") {
+        if let Some(tick) = job.headers().get("schedule_tick") {
             writeln!(out, "TICK {tick}")?;
         }
     }

@@ -283,7 +283,7 @@ fn opt_int(ms: Option<u64>) -> Frame {
 
 fn headers(job: &Job) -> Frame {
     Frame::Map(
-        job.headers
+        job.headers()
             .iter()
             .map(|(k, v)| (Frame::text(k.clone()), Frame::text(v.clone())))
             .collect(),
@@ -312,7 +312,7 @@ fn fetched(job: Job) -> Frame {
 
 /// Everything about a job but its lease token (which would let anyone ack a job another worker holds).
 pub(crate) fn job_map(job: &Job) -> Frame {
-    let text_or_null = |s: &Option<String>| s.clone().map_or(Frame::Null, Frame::text);
+    let text_or_null = |s: Option<&str>| s.map_or(Frame::Null, Frame::text);
     Frame::Map(vec![
         (Frame::text("id"), Frame::text(job.id.to_string())),
         (Frame::text("queue"), Frame::text(job.queue.as_str())),
@@ -329,9 +329,9 @@ pub(crate) fn job_map(job: &Job) -> Frame {
             Frame::text("lease_expires_at"),
             opt_int(job.lease.map(|l| l.expires_at)),
         ),
-        (Frame::text("dead_at"), opt_int(job.dead_at)),
-        (Frame::text("last_error"), text_or_null(&job.last_error)),
-        (Frame::text("unique_key"), text_or_null(&job.unique_key)),
+        (Frame::text("dead_at"), opt_int(job.dead_at())),
+        (Frame::text("last_error"), text_or_null(job.last_error())),
+        (Frame::text("unique_key"), text_or_null(job.unique_key())),
         (Frame::text("headers"), headers(job)),
     ])
 }
