@@ -207,12 +207,13 @@ impl Job {
     }
 }
 
-/// A job's stored fields, in their stored order: the payload is not among them (a store writes it after them).
-/// Borrowed to write, so that encoding a job copies nothing; [`OwnedJobRecord`] is the same list, owned, to read.
-#[derive(Serialize)]
-struct JobRecord<'a> {
+/// A job's stored fields, in their stored order; the payload is not among them (a store writes it after them).
+/// One list for both directions, so that writing and reading cannot disagree on the order: borrowed to write
+/// (`JobRecord<&QueueName, Option<&str>, &BTreeMap<..>>`, so that encoding a job copies nothing), owned to read.
+#[derive(Serialize, Deserialize)]
+struct JobRecord<Q, S, H> {
     id: JobId,
-    queue: &'a QueueName,
+    queue: Q,
     priority: Priority,
     created_at: TimestampMs,
     enqueued_at: TimestampMs,
@@ -223,37 +224,16 @@ struct JobRecord<'a> {
     max_attempts: u32,
     lease_ms: u64,
     retry: RetryPolicy,
-    unique_key: Option<&'a str>,
+    unique_key: S,
     unique_until: Option<TimestampMs>,
-    headers: &'a BTreeMap<String, String>,
-    last_error: Option<&'a str>,
+    headers: H,
+    last_error: S,
     state: JobState,
     lease: Option<Lease>,
     dead_at: Option<TimestampMs>,
 }
 
-#[derive(Deserialize)]
-struct OwnedJobRecord {
-    id: JobId,
-    queue: QueueName,
-    priority: Priority,
-    created_at: TimestampMs,
-    enqueued_at: TimestampMs,
-    seq: u64,
-    run_at: Option<TimestampMs>,
-    expires_at: Option<TimestampMs>,
-    attempts: u32,
-    max_attempts: u32,
-    lease_ms: u64,
-    retry: RetryPolicy,
-    unique_key: Option<String>,
-    unique_until: Option<TimestampMs>,
-    headers: BTreeMap<String, String>,
-    last_error: Option<String>,
-    state: JobState,
-    lease: Option<Lease>,
-    dead_at: Option<TimestampMs>,
-}
+type OwnedJobRecord = JobRecord<QueueName, Option<String>, BTreeMap<String, String>>;
 
 impl Serialize for Job {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
