@@ -356,6 +356,43 @@ mod tests {
             extra: None,
         };
         assert_eq!((job.headers().len(), job.last_error()), (0, None));
+        // Each field alone keeps the box, reads back, and frees it once unset.
+        let mut alone = |field: &str, set: fn(&mut JobExtra), read: fn(&Job) -> bool, unset: fn(&mut JobExtra)| {
+            job.update_extra(set);
+            assert!(job.extra.is_some() && read(&job), "{field}");
+            job.update_extra(unset);
+            assert_eq!(job.extra, None, "{field}");
+        };
+        alone(
+            "unique_key",
+            |e| e.unique_key = Some("k".into()),
+            |j| j.unique_key() == Some("k"),
+            |e| e.unique_key = None,
+        );
+        alone(
+            "unique_until",
+            |e| e.unique_until = Some(7),
+            |j| j.unique_until() == Some(7),
+            |e| e.unique_until = None,
+        );
+        alone(
+            "headers",
+            |e| _ = e.headers.insert("h".into(), "v".into()),
+            |j| j.headers().get("h").map(String::as_str) == Some("v"),
+            |e| e.headers.clear(),
+        );
+        alone(
+            "last_error",
+            |e| e.last_error = Some("x".into()),
+            |j| j.last_error() == Some("x"),
+            |e| e.last_error = None,
+        );
+        alone(
+            "dead_at",
+            |e| e.dead_at = Some(9),
+            |j| j.dead_at() == Some(9),
+            |e| e.dead_at = None,
+        );
         job.update_extra(|e| e.last_error = Some("boom".into()));
         assert_eq!(job.last_error(), Some("boom"));
         job.update_extra(|e| e.dead_at = Some(5));
