@@ -13,7 +13,7 @@
 #
 # MODE (all with 200-byte payloads, durability as the variant sets it, `always` by default):
 #   lpush    redis-benchmark -t lpush -n $N -c 50 -d 200 -P $P (N=200000, P=1); per op: ops/s. With CPU=1 also each
-#            Spool thread group's CPU per push and the client's (µs, from /proc and getrusage).
+#            server thread group's CPU per push (Spool's and Redis's) and the client's (µs, from /proc and getrusage).
 #   e2e      spool-bench --mode e2e -c 50 --consumers 50 -d 200 -b $B --duration $SECS (B=50, SECS=5): jobs/s; a run
 #            that lost or duplicated a job fails the script.
 #   restart  each run starts on a fresh copy of $DIR (a data directory filled beforehand, e.g. by bench/scale.sh's
@@ -136,7 +136,7 @@ run_one() { # VARIANT
     lpush)
         start "$1" "$port" "$dir"
         local before="" cpu_client out rate detail=""
-        [ "$CPU" = 1 ] && [[ $name != redis-* ]] && before=$(thread_ticks)
+        [ "$CPU" = 1 ] && before=$(thread_ticks)
         out=$(python3 -c '
 import resource, subprocess, sys
 out = subprocess.run(sys.argv[1:], capture_output=True, text=True).stdout
