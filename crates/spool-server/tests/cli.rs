@@ -194,6 +194,34 @@ fn operator_subcommands_over_grpc() {
         (Some("manual"), Some(job_id.as_str()))
     );
     assert_eq!(daemon.json(&["job", &job_id])["payload"], "report");
+
+    // Update replaces the whole definition: a new trigger and payload, and the overlap left out is back to `allow`.
+    let updated = daemon.json(&[
+        "schedule",
+        "update",
+        "nightly",
+        "--queue",
+        "emails",
+        "--payload",
+        "report v2",
+        "--every",
+        "1h",
+    ]);
+    assert_eq!(updated["updated"], true);
+    let shown = daemon.json(&["schedule", "show", "nightly"]);
+    assert_eq!(
+        (
+            shown["trigger"]["every_ms"].as_u64(),
+            shown["payload"].as_str(),
+            shown["overlap"].as_str()
+        ),
+        (Some(3_600_000), Some("report v2"), Some("allow"))
+    );
+    let missing = daemon.spool(
+        Some("tok"),
+        &["schedule", "update", "nope", "--queue", "emails", "--every", "1h"],
+    );
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NOTFOUND"));
     assert_eq!(daemon.json(&["schedule", "disable", "nightly"])["changed"], true);
     daemon.json(&["schedule", "delete", "nightly"]);
     let gone = daemon.spool(Some("tok"), &["schedule", "show", "nightly"]);

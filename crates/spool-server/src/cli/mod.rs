@@ -156,6 +156,9 @@ pub enum ScheduleCommand {
     },
     /// Create a schedule (see docs/scheduling.md).
     Create(Box<CreateSchedule>),
+    /// Replace a schedule's whole definition: the same flags as create, and every one left out takes its default
+    /// (a changed trigger counts ticks from now). Schedules from the config file are read-only.
+    Update(Box<CreateSchedule>),
     /// Delete a schedule (jobs it already enqueued stay).
     Delete {
         /// The schedule's name.
@@ -186,7 +189,7 @@ pub enum ScheduleCommand {
     },
 }
 
-/// `spool schedule create`: boxed in [`ScheduleCommand`], whose other variants are just a name.
+/// `spool schedule create` and `update`: boxed in [`ScheduleCommand`], whose other variants are just a name.
 #[derive(Debug, Args)]
 pub struct CreateSchedule {
     /// Unique name: letters, digits and _ - . :
@@ -445,53 +448,16 @@ async fn schedule(command: ScheduleCommand) -> anyhow::Result<ExitCode> {
             output::schedule(&schedule, conn.json);
         }
         ScheduleCommand::Create(create) => {
-            let CreateSchedule {
-                name,
-                queue,
-                payload,
-                when,
-                tz,
-                catch_up,
-                catch_up_limit,
-                overlap,
-                priority,
-                ttl,
-                jitter,
-                headers,
-                disabled,
-                conn,
-            } = *create;
-            let def = proto::ScheduleDef {
-                name: name.clone(),
-                job: Some(proto::ScheduledJob {
-                    queue,
-                    payload: payload.into_bytes(),
-                    priority,
-                    ttl_ms: ttl.map(ms),
-                    headers: headers.into_iter().collect::<HashMap<_, _>>(),
-                    ..Default::default()
-                }),
-                trigger: Some(when.trigger(tz)),
-                catch_up: match catch_up {
-                    None => proto::CatchUp::Unspecified,
-                    Some(CatchUpArg::Skip) => proto::CatchUp::Skip,
-                    Some(CatchUpArg::One) => proto::CatchUp::One,
-                    Some(CatchUpArg::All) => proto::CatchUp::All,
-                }
-                .into(),
-                catch_up_limit,
-                overlap: match overlap {
-                    None => proto::Overlap::Unspecified,
-                    Some(OverlapArg::Allow) => proto::Overlap::Allow,
-                    Some(OverlapArg::Skip) => proto::Overlap::Skip,
-                }
-                .into(),
-                jitter_ms: jitter.map_or(0, ms),
-                enabled: Some(!disabled),
-                ..Default::default()
-            };
+            let (def, conn) = schedule_def(*create);
+            let name = def.name.clone();
             connect(&conn).await?.create_schedule(def).await?;
             output::done("created", &name, conn.json);
+        }
+        ScheduleCommand::Update(update) => {
+            let (def, conn) = schedule_def(*update);
+            let name = def.name.clone();
+            connect(&conn).await?.update_schedule(def).await?;
+            output::done("updated", &name, conn.json);
         }
         ScheduleCommand::Delete { name, conn } => {
             connect(&conn).await?.delete_schedule(&name).await?;
@@ -511,4 +477,54 @@ async fn schedule(command: ScheduleCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The definition `spool schedule create` or `update` sends, and where to send it.
+fn schedule_def(create: CreateSchedule) -> (proto::ScheduleDef, Connection) {
+    let CreateSchedule {
+        name,
+        queue,
+        payload,
+        when,
+        tz,
+        catch_up,
+        catch_up_limit,
+        overlap,
+        priority,
+        ttl,
+        jitter,
+        headers,
+        disabled,
+        conn,
+    } = create;
+    let def = proto::ScheduleDef {
+        name,
+        job: Some(proto::ScheduledJob {
+            queue,
+            payload: payload.into_bytes(),
+            priority,
+            ttl_ms: ttl.map(ms),
+            headers: headers.into_iter().collect::<HashMap<_, _>>(),
+            ..Default::default()
+        }),
+        trigger: Some(when.trigger(tz)),
+        catch_up: match catch_up {
+            None => proto::CatchUp::Unspecified,
+            Some(CatchUpArg::Skip) => proto::CatchUp::Skip,
+            Some(CatchUpArg::One) => proto::CatchUp::One,
+            Some(CatchUpArg::All) => proto::CatchUp::All,
+        }
+        .into(),
+        catch_up_limit,
+        overlap: match overlap {
+            None => proto::Overlap::Unspecified,
+            Some(OverlapArg::Allow) => proto::Overlap::Allow,
+            Some(OverlapArg::Skip) => proto::Overlap::Skip,
+        }
+        .into(),
+        jitter_ms: jitter.map_or(0, ms),
+        enabled: Some(!disabled),
+        ..Default::default()
+    };
+    (def, conn)
 }
