@@ -192,7 +192,7 @@ pub enum ScheduleCommand {
 /// `spool schedule create` and `update`: boxed in [`ScheduleCommand`], whose other variants are just a name.
 #[derive(Debug, Args)]
 pub struct CreateSchedule {
-    /// Unique name: letters, digits and _ - . :
+    /// The schedule's name (new, for create): letters, digits and _ - . :
     name: String,
     /// The queue each run enqueues to.
     #[arg(long)]
