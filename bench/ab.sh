@@ -48,21 +48,8 @@ command -v redis-cli >/dev/null || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools
 }
 
-WORK=$(mktemp -d /tmp/spool-ab.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/procs.sh
+source "$ROOT/bench/procs.sh" ab
 rss_mb() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
 # start VARIANT PORT DATA_DIR: starts the server in the background; its PID is in $SERVER.
@@ -93,9 +80,15 @@ start() {
     done
 }
 
+# Stops $SERVER and forgets its PID, so that the exit trap never signals a number the system may have reused.
 stop() {
     kill -TERM "$SERVER"
     wait "$SERVER" || true
+    local keep=() pid
+    for pid in "${PIDS[@]}"; do
+        [ "$pid" = "$SERVER" ] || keep+=("$pid")
+    done
+    PIDS=("${keep[@]}")
 }
 
 # Per-thread CPU ticks (utime + stime, fields 14 and 15 of /proc/PID/task/TID/stat, here 13 and 14 once the pid is

@@ -34,21 +34,8 @@ fi
 SPOOL="$ROOT/target/release/spool"
 BENCH="$ROOT/target/release/spool-bench"
 
-WORK=$(mktemp -d /tmp/spool-compare-data.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/procs.sh
+source "$ROOT/bench/procs.sh" compare-data
 
 wait_ping() {
     for _ in $(seq 1 200); do

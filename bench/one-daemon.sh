@@ -1,5 +1,6 @@
-# Sourced by bench/scale.sh and bench/churn.sh: builds the release binaries, makes a work directory, and on exit stops
-# the daemons the script started (by PID: SPOOL_PID, and any in EXTRA_PIDS) and removes the directory.
+# Sourced by bench/scale.sh and bench/churn.sh (bench/compare.sh and bench/ab.sh use bench/procs.sh): builds the
+# release binaries, makes a work directory, and on exit stops the daemons the script started (by PID: SPOOL_PID, and
+# any in EXTRA_PIDS) and removes the directory.
 (cd "$ROOT" && cargo build --release -q -p spool-server -p spool-bench)
 SPOOL="$ROOT/target/release/spool"
 BENCH="$ROOT/target/release/spool-bench"
