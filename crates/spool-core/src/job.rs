@@ -155,12 +155,9 @@ pub struct JobExtra {
 }
 
 impl JobExtra {
+    /// Compared with the default rather than field by field, so that a field added later cannot be forgotten here.
     fn is_unset(&self) -> bool {
-        self.unique_key.is_none()
-            && self.unique_until.is_none()
-            && self.headers.is_empty()
-            && self.last_error.is_none()
-            && self.dead_at.is_none()
+        *self == Self::default()
     }
 
     /// The form [`Job::extra`] keeps: boxed if any field is set, else `None`.
@@ -336,7 +333,7 @@ mod tests {
 
     #[test]
     fn extras_are_freed_once_unset() {
-        let mut job: Job = Job {
+        let mut job = Job {
             id: JobId::generate(1),
             queue: QueueName::new("q").unwrap(),
             payload: Vec::new(),
