@@ -23,16 +23,18 @@ use crate::config::Config;
 
 /// Runs the daemon until a signal, then shuts down in order.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let workers = cfg.server.workers();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.server.workers())
+        .worker_threads(workers)
         .enable_all()
         .thread_name("spool-worker")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(cfg))
+    runtime.block_on(serve(cfg, workers))
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+/// `workers`: the runtime's worker threads, as started (logged, not read from the CPU count again).
+async fn serve(cfg: Config, workers: usize) -> anyhow::Result<()> {
     let engine_config = cfg.engine_config().map_err(anyhow::Error::msg)?;
     let store_config = cfg.store_config();
     let data_dir = store_config.path.clone();
@@ -48,7 +50,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         jobs,
         queues,
         durability = ?cfg.storage.durability,
-        workers = cfg.server.workers(),
+        workers,
         "spool started"
     );
 
