@@ -20,7 +20,8 @@
 #            fill): seconds until PING answers, and RSS $SETTLE s later (SETTLE=2).
 #   backlog  each variant runs two daemons for the whole script, holding $SMALL and $JOBS ready jobs (10000 and
 #            1000000; filled as bench/scale.sh fills them, at a lower priority than the bench's jobs, then
-#            $BACKLOG_SETTLE s, 30 by default, to settle); rounds then alternate e2e runs (-b $B) over every daemon. Needs memory and disk for all of them.
+#            $BACKLOG_SETTLE s, 30 by default, to settle); rounds then alternate e2e runs (-b $B) over every daemon.
+#            Needs memory and disk for all of them at once.
 # Every process it starts is stopped by PID on exit (trap).
 set -euo pipefail
 export LC_ALL=C
@@ -56,18 +57,18 @@ rss_mb() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 start() {
     local name=${1%%:*} port=$2 dir=$3
     case $name in
-    redis-*) mkdir -p "$dir" ;;
-    esac
-    case $name in
-    redis-none) redis-server --port "$port" --dir "$dir" --appendonly no --save '' >"$dir.log" 2>&1 & ;;
     redis-*)
-        redis-server --port "$port" --dir "$dir" --appendonly yes --appendfsync "${name#redis-}" --save '' \
-            >"$dir.log" 2>&1 &
+        local aof=(--appendonly yes --appendfsync "${name#redis-}")
+        [ "$name" = redis-none ] && aof=(--appendonly no)
+        mkdir -p "$dir"
+        redis-server --port "$port" --dir "$dir" "${aof[@]}" --save '' >"$dir.log" 2>&1 &
         ;;
     *)
+        # NAME:BINARY[:ENV=VALUE...]
         local rest=${1#*:} env=()
-        IFS=: read -r -a env <<<"${rest#*:}"
-        [[ $rest == *:* ]] || env=()
+        if [[ $rest == *:* ]]; then
+            IFS=: read -r -a env <<<"${rest#*:}"
+        fi
         env "${env[@]}" SPOOL_RESP__LISTEN="127.0.0.1:$port" SPOOL_GRPC__ENABLED=false \
             "${rest%%:*}" serve --data-dir "$dir" >"$dir.log" 2>&1 &
         ;;
@@ -75,7 +76,8 @@ start() {
     SERVER=$!
     PIDS+=("$SERVER")
     until redis-cli -p "$port" PING 2>/dev/null | grep -q PONG; do
-        kill -0 "$SERVER" 2>/dev/null || { echo "$1 exited; see $dir.log" >&2; exit 1; }
+        # The work directory goes with the exit trap, so the log's end is shown here rather than pointed to.
+        kill -0 "$SERVER" 2>/dev/null || { echo "$1 exited:" >&2; tail -n 5 "$dir.log" >&2; exit 1; }
         sleep 0.01
     done
 }
@@ -121,10 +123,12 @@ record() { # VARIANT_NAME VALUE [DETAIL]
     echo "round $round  $1  $2${3:+  $3}"
 }
 
+RUN=0
 run_one() { # VARIANT
     local name=${1%%:*} port dir
     port=$(free_port)
-    dir="$WORK/run-$RANDOM"
+    RUN=$((RUN + 1))
+    dir="$WORK/run-$RUN"
     case $MODE in
     lpush)
         start "$1" "$port" "$dir"
@@ -160,9 +164,10 @@ print("client_cpu", r.ru_utime + r.ru_stime)' redis-benchmark -p "$port" -t lpus
         sleep "$SETTLE"
         record "$name" "$(rss_mb "$SERVER")" "MB RSS; serving after $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s"
         stop
-        rm -rf "$dir"
         ;;
     esac
+    # Each run starts fresh; a finished run's data would only fill the disk.
+    rm -rf "$dir" "$dir.log"
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
