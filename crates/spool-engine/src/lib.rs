@@ -382,14 +382,22 @@ impl Broker {
     }
 
     /// Leases (or pops) up to `count` jobs from the queues, waiting up to `timeout` for the first one. Returns an
-    /// empty list on timeout or shutdown.
+    /// empty list on timeout or shutdown. A pop's jobs are returned once their deletion is durable.
     pub async fn reserve(&self, req: ReserveRequest) -> Result<Vec<Job>, SpoolError> {
+        self.reserve_applied(req).await?.durable().await
+    }
+
+    /// [`Broker::reserve`] without the wait for a pop's commit. Dropping the future while it waits for a job takes
+    /// nothing; once it has returned, the jobs are taken, and a pop's exist nowhere else: a door that stops waiting
+    /// for the client (it left, the server stops) must still hand them over, after [`Applied::durable`].
+    pub async fn reserve_applied(&self, req: ReserveRequest) -> Result<Applied<Vec<Job>>, SpoolError> {
         let queues = Self::reserve_queues(&self.lock().state, &req)?;
         let lease = req.delivery == Delivery::Lease;
-        let deadline = tokio::time::Instant::now() + req.timeout;
+        // A timeout too long to add to the clock (a client's `BRPOP q 1e19`) waits without end.
+        let deadline = tokio::time::Instant::now().checked_add(req.timeout);
         loop {
             if self.inner.shutting_down.load(Ordering::Acquire) {
-                return Ok(Vec::new());
+                return Ok(Applied::done(Vec::new()));
             }
             let ((jobs, waiting), commit) = self.apply_locked(|locked, now, fx| {
                 let jobs = locked
@@ -412,15 +420,22 @@ impl Broker {
             let Some(rx) = waiting else {
                 // Leases are not stored (see `state`): the writes here are a pop's deletes and expiries found on the
                 // way. Only a pop must wait for them, since its jobs exist nowhere else once it answers.
-                if let (Some(commit), false) = (commit, lease) {
-                    commit.await.map_err(storage_error)?;
+                return jobs.map(|value| Applied {
+                    value,
+                    commit: commit.filter(|_| !lease),
+                    barrier: None,
+                });
+            };
+            let timed_out = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
                 }
-                return jobs;
             };
             tokio::select! {
                 // Woken because a job became ready in one of our queues (or shutdown): loop and try to take it.
                 _ = rx => {}
-                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                _ = timed_out => return Ok(Applied::done(Vec::new())),
             }
         }
     }

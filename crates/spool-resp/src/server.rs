@@ -379,7 +379,11 @@ async fn run(
                 may_block: true,
             };
             tokio::select! {
-                result = command.apply(&mut ctx) => reply(result),
+                // Once a job is taken the answer is in hand: it goes out after its commit, outside this race.
+                result = command.apply_blocking(&mut ctx) => (
+                    Some(result.unwrap_or_else(|e| Applied::done(e.to_frame()))),
+                    Next::Continue,
+                ),
                 // The peer left while waiting: dropping the wait takes nothing from the queue, so no job is lost.
                 _ = conn.closed() => (None, Next::Close),
                 _ = stop.wait_for(|stopped| *stopped) => (

@@ -150,8 +150,9 @@ impl Commit {
         Commit(CommitState::Ready(Some(result)))
     }
 
-    /// A commit resolved through `rx`; a dropped sender means the writer died.
-    pub(crate) fn waiting(rx: oneshot::Receiver<Result<(), StoreError>>) -> Self {
+    /// A commit resolved through `rx`, for a store whose writes complete elsewhere; a dropped sender means the
+    /// writer died.
+    pub fn waiting(rx: oneshot::Receiver<Result<(), StoreError>>) -> Self {
         Commit(CommitState::Waiting(rx))
     }
 }

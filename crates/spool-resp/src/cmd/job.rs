@@ -237,20 +237,29 @@ impl JobCmd {
         })
     }
 
+    /// A fetch: see [`super::Command::apply_blocking`].
+    pub async fn apply_blocking(self, ctx: &mut Ctx<'_>) -> Result<Applied<Frame>, CommandError> {
+        let JobCmd::Fetch(mut req) = self else {
+            unreachable!("{self:?} does not block")
+        };
+        if !ctx.may_block {
+            req.timeout = Duration::ZERO;
+        }
+        Ok(ctx
+            .shared
+            .broker
+            .reserve_applied(req)
+            .await?
+            .map(|jobs| Frame::Array(jobs.into_iter().map(fetched).collect())))
+    }
+
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Frame, CommandError> {
         let broker = &ctx.shared.broker;
         match self {
             cmd @ (JobCmd::Push(_) | JobCmd::PushMany(_) | JobCmd::Ack(_)) => {
                 Ok(cmd.apply_deferred(ctx)?.durable().await?)
             }
-            JobCmd::Fetch(mut req) => {
-                if !ctx.may_block {
-                    req.timeout = Duration::ZERO;
-                }
-                Ok(Frame::Array(
-                    broker.reserve(req).await?.into_iter().map(fetched).collect(),
-                ))
-            }
+            cmd @ JobCmd::Fetch(_) => Ok(cmd.apply_blocking(ctx).await?.durable().await?),
             JobCmd::Nack {
                 id,
                 token,

@@ -155,21 +155,32 @@ impl ListCmd {
         })
     }
 
+    /// Blocking pops: see [`super::Command::apply_blocking`].
+    pub async fn apply_blocking(self, ctx: &mut Ctx<'_>) -> Result<Applied<Frame>, CommandError> {
+        let ListCmd::BlockingPop { queues, timeout, end } = self else {
+            unreachable!("{self:?} does not block")
+        };
+        let req = ReserveRequest {
+            delivery: Delivery::Pop,
+            end,
+            ..ReserveRequest::new(queues, 1, if ctx.may_block { timeout } else { Duration::ZERO })
+        };
+        Ok(ctx
+            .shared
+            .broker
+            .reserve_applied(req)
+            .await?
+            .map(|mut jobs| match jobs.pop() {
+                Some(job) => Frame::Array(vec![Frame::text(job.queue.as_str()), Frame::Bulk(job.payload.into())]),
+                None => Frame::NullArray,
+            }))
+    }
+
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Frame, CommandError> {
         let broker = &ctx.shared.broker;
         match self {
             cmd @ (ListCmd::Push { .. } | ListCmd::Pop { .. }) => Ok(cmd.apply_deferred(ctx)?.durable().await?),
-            ListCmd::BlockingPop { queues, timeout, end } => {
-                let req = ReserveRequest {
-                    delivery: Delivery::Pop,
-                    end,
-                    ..ReserveRequest::new(queues, 1, if ctx.may_block { timeout } else { Duration::ZERO })
-                };
-                Ok(match broker.reserve(req).await?.pop() {
-                    Some(job) => Frame::Array(vec![Frame::text(job.queue.as_str()), Frame::Bulk(job.payload.into())]),
-                    None => Frame::NullArray,
-                })
-            }
+            cmd @ ListCmd::BlockingPop { .. } => Ok(cmd.apply_blocking(ctx).await?.durable().await?),
             ListCmd::Len(queue) => Ok(Frame::Integer(ready_len(ctx, &queue)?)),
             ListCmd::Range { queue, start, stop } => {
                 let len = ready_len(ctx, &queue)?;

@@ -220,6 +220,17 @@ impl Command {
         }
     }
 
+    /// Runs a command that [`Command::may_block`] until it has its answer, and returns it with the commit it must
+    /// wait for: the connection may stop waiting for the answer (the client left, the server stops), but a pop that
+    /// has taken its job must still be answered, after that commit.
+    pub async fn apply_blocking(self, ctx: &mut Ctx<'_>) -> Result<Applied<Frame>, CommandError> {
+        match self {
+            Command::Job(cmd) => cmd.apply_blocking(ctx).await,
+            Command::List(cmd) => cmd.apply_blocking(ctx).await,
+            _ => unreachable!("{self:?} does not block"),
+        }
+    }
+
     /// Runs a command of a family module. Transaction control and `QUIT` belong to the connection handler.
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Result<Frame, CommandError> {
         match self {
