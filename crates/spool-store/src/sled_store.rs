@@ -542,6 +542,15 @@ impl Writer {
             if let Some(err) = poisoned {
                 self.record.clear();
                 answer_all(waiters.drain(..), &Err(err));
+                // Records answered before the failure (`interval`, `none`) still get their sync, once: the failure
+                // may be the checkpointer's, with the log sound. And the loop then waits without a timeout: with
+                // `dirty` left set, an `interval` writer would wake at once, forever.
+                if dirty {
+                    dirty = false;
+                    if let Err(e) = self.segment.sync() {
+                        tracing::error!(error = %e, "cannot sync the log after the store failed");
+                    }
+                }
                 continue;
             }
             let mut result = Ok(());
