@@ -27,6 +27,8 @@ pub struct Connection {
     /// The protocol replies are encoded in.
     pub proto: Proto,
     encoded: Vec<u8>,
+    /// What was parsed of a request still arriving.
+    partial: frame::Partial,
 }
 
 impl Connection {
@@ -38,6 +40,7 @@ impl Connection {
             limits,
             proto: Proto::Resp2,
             encoded: Vec::new(),
+            partial: frame::Partial::default(),
         }
     }
 
@@ -62,7 +65,7 @@ impl Connection {
     /// The next request if the client has already sent all of it, without touching the socket: how the connection
     /// finds out that more of a pipeline is waiting.
     pub fn buffered_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
-        let Some((frame, used)) = frame::parse(&self.buffer, &self.limits)? else {
+        let Some((frame, used)) = frame::parse(&self.buffer, &self.limits, &mut self.partial)? else {
             return Ok(None);
         };
         self.buffer.advance(used);

@@ -3,8 +3,9 @@
 //!
 //! Parsing is written for a server facing untrusted peers. Every length is checked against [`Limits`] *before* any
 //! memory is reserved for it, so `*2147483647\r\n` costs nothing, and a request can never make the read buffer grow
-//! past [`Limits::max_request_bytes`]. A request that has not fully arrived is the normal outcome `Ok(None)`, not an
-//! error: the caller reads more and tries again.
+//! past [`Limits::max_request_bytes`] plus the framing of [`Limits::max_array_len`] arguments. A request that has
+//! not fully arrived is the normal outcome `Ok(None)`, not an error: the caller reads more and tries again, carrying a
+//! [`Partial`] so that the bytes already parsed are not parsed again.
 
 use bytes::Bytes;
 
@@ -65,8 +66,6 @@ pub struct Limits {
     pub max_array_len: usize,
     /// Longest inline command line (and simple string), in bytes.
     pub max_inline_bytes: usize,
-    /// Deepest nesting of arrays (a plain command is depth 1).
-    pub max_depth: usize,
     /// Most bytes one request may declare in all: the cap on what one connection can make the server buffer.
     pub max_request_bytes: usize,
 }
@@ -85,34 +84,81 @@ fn protocol(msg: impl Into<String>) -> ProtocolError {
 /// refusing it early stops a peer from filling the buffer with an endless number.
 const MAX_HEADER_LINE: usize = 32;
 
-/// Parses one request from the front of `buf`: a multibulk array (`*2\r\n$4\r\nPING\r\n…`) or, when the first byte
-/// is not `*`, an inline command line (`PING hello\r\n`), split on spaces with Redis's quoting rules. Returns the
-/// request and the bytes it took, `Ok(None)` when it is not complete yet, or an error when it can never be valid.
+/// A request part-way through arriving: the arguments read so far and where the next one starts, kept between
+/// reads so that each byte of a request is looked at once. (Parsing from the start on every read made a request that
+/// arrives in many small reads cost time quadratic in its size, copying every argument again each time.)
+#[derive(Debug, Default)]
+pub struct Partial {
+    /// The multibulk header has been read: `remaining` more arguments follow.
+    started: bool,
+    items: Vec<Frame>,
+    remaining: usize,
+    /// Where the next argument starts (a multibulk request), or how far an inline line was searched for its end.
+    pos: usize,
+    /// Bytes of the arguments read so far, checked against `max_request_bytes`.
+    declared: usize,
+}
+
+/// Parses one request from the front of `buf`: a multibulk array of bulk strings (`*2\r\n$4\r\nPING\r\n…`) or, when
+/// the first byte is not `*`, an inline command line (`PING hello\r\n`), split on spaces with Redis's quoting rules.
+/// Returns the request and the bytes it took, `Ok(None)` when it is not complete yet, or an error when it can never
+/// be valid. `partial` carries what was parsed of an incomplete request to the next call, which must see the same
+/// bytes at the front of `buf` (more behind them); it is reset when a request or an error is returned.
 ///
-/// An empty request (a blank inline line, `*0`, `*-1`) comes back as an empty array, which callers skip.
-pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, ProtocolError> {
-    if buf.is_empty() {
-        return Ok(None);
+/// As in Redis, the arguments of a multibulk request must be bulk strings: no nested arrays, simple strings or
+/// integers, so that a request is at most `max_array_len` arguments of at most `max_request_bytes` in all, plus their
+/// framing. An empty request (a blank inline line, `*0`, `*-1`) comes back as an empty array, which callers skip.
+pub fn parse(buf: &[u8], limits: &Limits, partial: &mut Partial) -> Result<Option<(Frame, usize)>, ProtocolError> {
+    let parsed = match buf.first() {
+        None => return Ok(None),
+        Some(b'*') => multibulk(buf, limits, partial),
+        Some(_) => parse_inline(buf, limits, partial),
+    };
+    if !matches!(parsed, Ok(None)) {
+        *partial = Partial::default();
     }
-    if buf[0] == b'*' {
-        let mut cursor = Cursor {
-            buf,
-            pos: 0,
-            limits,
-            declared: 0,
+    parsed
+}
+
+fn multibulk(buf: &[u8], limits: &Limits, partial: &mut Partial) -> Result<Option<(Frame, usize)>, ProtocolError> {
+    let mut cursor = Cursor { buf, pos: partial.pos };
+    if !partial.started {
+        cursor.pos = 1;
+        let Some(len) = cursor.number("multibulk length")? else {
+            return Ok(None);
         };
-        Ok(cursor.value(1)?.map(|frame| (frame, cursor.pos)))
-    } else {
-        parse_inline(buf, limits)
+        // `*-1` is a null array; as a request Redis takes it (and `*0`) as nothing to do.
+        if len == -1 {
+            return Ok(Some((Frame::Array(Vec::new()), cursor.pos)));
+        }
+        let len = usize::try_from(len).map_err(|_| protocol("invalid multibulk length"))?;
+        if len > limits.max_array_len {
+            return Err(protocol(format!(
+                "multibulk length {len} exceeds the limit of {}",
+                limits.max_array_len
+            )));
+        }
+        // Reserve only for what has arrived: each argument takes at least 6 bytes (`$0\r\n\r\n`), so a declared
+        // length the buffer cannot hold yet costs nothing until its arguments come.
+        partial.items = Vec::with_capacity(len.min((buf.len() - cursor.pos) / 6));
+        partial.remaining = len;
+        partial.started = true;
+        partial.pos = cursor.pos;
     }
+    while partial.remaining > 0 {
+        let Some(item) = cursor.bulk(limits, &mut partial.declared)? else {
+            return Ok(None);
+        };
+        partial.items.push(item);
+        partial.remaining -= 1;
+        partial.pos = cursor.pos;
+    }
+    Ok(Some((Frame::Array(std::mem::take(&mut partial.items)), cursor.pos)))
 }
 
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
-    limits: &'a Limits,
-    /// Bytes declared so far by bulk headers, checked against `max_request_bytes`.
-    declared: usize,
 }
 
 impl Cursor<'_> {
@@ -141,75 +187,33 @@ impl Cursor<'_> {
             .ok_or_else(|| protocol(format!("invalid {what}")))
     }
 
-    fn value(&mut self, depth: usize) -> Result<Option<Frame>, ProtocolError> {
-        let Some(&kind) = self.buf.get(self.pos) else {
-            return Ok(None);
-        };
-        self.pos += 1;
-        match kind {
-            b'*' => self.array(depth),
-            b'$' => self.bulk(),
-            b':' => Ok(self.number("integer")?.map(Frame::Integer)),
-            b'+' => {
-                let Some(line) = self.line(self.limits.max_inline_bytes, "simple string")? else {
-                    return Ok(None);
-                };
-                let text = String::from_utf8(line.to_vec()).map_err(|_| protocol("simple string is not UTF-8"))?;
-                Ok(Some(Frame::Simple(text)))
-            }
-            other => Err(protocol(format!(
-                "expected '$', got '{}'",
-                char::from(other).escape_default()
-            ))),
-        }
-    }
-
-    fn array(&mut self, depth: usize) -> Result<Option<Frame>, ProtocolError> {
-        if depth > self.limits.max_depth {
-            return Err(protocol("arrays nested too deeply"));
-        }
-        let Some(len) = self.number("multibulk length")? else {
-            return Ok(None);
-        };
-        // `*-1` is a null array; as a request Redis takes it (and `*0`) as nothing to do.
-        if len == -1 {
-            return Ok(Some(Frame::Array(Vec::new())));
-        }
-        let len = usize::try_from(len).map_err(|_| protocol("invalid multibulk length"))?;
-        if len > self.limits.max_array_len {
-            return Err(protocol(format!(
-                "multibulk length {len} exceeds the limit of {}",
-                self.limits.max_array_len
-            )));
-        }
-        // Reserve only for what has arrived: each element takes at least 4 bytes (`:0\r\n`), so a declared length
-        // the buffer cannot hold yet costs nothing until its elements come.
-        let mut items = Vec::with_capacity(len.min((self.buf.len() - self.pos) / 4));
-        for _ in 0..len {
-            match self.value(depth + 1)? {
-                Some(item) => items.push(item),
-                None => return Ok(None),
+    /// One argument: a bulk string, checked against the limits before its bytes arrive. `declared` (the bytes of
+    /// the arguments before it) grows only once the argument is whole, since an incomplete one is parsed again.
+    fn bulk(&mut self, limits: &Limits, declared: &mut usize) -> Result<Option<Frame>, ProtocolError> {
+        match self.buf.get(self.pos) {
+            None => return Ok(None),
+            Some(b'$') => self.pos += 1,
+            Some(&other) => {
+                return Err(protocol(format!(
+                    "expected '$', got '{}'",
+                    char::from(other).escape_default()
+                )))
             }
         }
-        Ok(Some(Frame::Array(items)))
-    }
-
-    fn bulk(&mut self) -> Result<Option<Frame>, ProtocolError> {
         let Some(len) = self.number("bulk length")? else {
             return Ok(None);
         };
         let len = usize::try_from(len).map_err(|_| protocol("invalid bulk length"))?;
-        if len > self.limits.max_bulk_bytes {
+        if len > limits.max_bulk_bytes {
             return Err(protocol(format!(
                 "bulk length {len} exceeds the limit of {} bytes",
-                self.limits.max_bulk_bytes
+                limits.max_bulk_bytes
             )));
         }
-        self.declared = self.declared.saturating_add(len);
-        if self.declared > self.limits.max_request_bytes {
+        if declared.saturating_add(len) > limits.max_request_bytes {
             return Err(protocol(format!(
                 "request exceeds the limit of {} bytes",
-                self.limits.max_request_bytes
+                limits.max_request_bytes
             )));
         }
         let end = self.pos + len;
@@ -221,17 +225,24 @@ impl Cursor<'_> {
         }
         let data = Bytes::copy_from_slice(&self.buf[self.pos..end]);
         self.pos = end + 2;
+        *declared += len;
         Ok(Some(Frame::Bulk(data)))
     }
 }
 
 /// An inline command: one line, ended by `\n` (with or without `\r`, since people type into `nc` and `telnet`).
-fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, ProtocolError> {
+fn parse_inline(buf: &[u8], limits: &Limits, partial: &mut Partial) -> Result<Option<(Frame, usize)>, ProtocolError> {
     let window = &buf[..buf.len().min(limits.max_inline_bytes + 1)];
-    let Some(newline) = window.iter().position(|&b| b == b'\n') else {
+    // The bytes before `partial.pos` were searched already.
+    let Some(newline) = window[partial.pos..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| partial.pos + i)
+    else {
         if window.len() > limits.max_inline_bytes {
             return Err(protocol("too big inline request"));
         }
+        partial.pos = window.len();
         return Ok(None);
     };
     let line = &buf[..newline];
@@ -408,9 +419,13 @@ mod tests {
         max_bulk_bytes: 16,
         max_array_len: 4,
         max_inline_bytes: 32,
-        max_depth: 2,
         max_request_bytes: 40,
     };
+
+    /// Parses `buf` as a first look at it.
+    fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, ProtocolError> {
+        super::parse(buf, limits, &mut Partial::default())
+    }
 
     fn bulks(args: &[&str]) -> Frame {
         Frame::Array(args.iter().map(|a| Frame::Bulk(Bytes::from(a.to_string()))).collect())
@@ -423,6 +438,35 @@ mod tests {
             assert_eq!(parse(&wire[..end], &LIMITS), Ok(None), "prefix of {end} bytes");
         }
         assert_eq!(parse(wire, &LIMITS), Ok(Some((bulks(&["ECHO", "hello"]), wire.len()))));
+    }
+
+    #[test]
+    fn a_request_read_in_pieces_is_parsed_once() {
+        let wire = b"*3\r\n$4\r\nECHO\r\n$5\r\nhello\r\n$0\r\n\r\nPING\r\n";
+        let request = wire.len() - 6;
+        let mut partial = Partial::default();
+        for end in 0..request {
+            assert_eq!(
+                super::parse(&wire[..end], &LIMITS, &mut partial),
+                Ok(None),
+                "prefix of {end} bytes"
+            );
+        }
+        // Each call resumes where the last stopped: arguments already read are not read again.
+        assert_eq!(Frame::Array(partial.items.clone()), bulks(&["ECHO", "hello"]));
+        assert_eq!(
+            super::parse(&wire[..request], &LIMITS, &mut partial),
+            Ok(Some((bulks(&["ECHO", "hello", ""]), request)))
+        );
+        assert!(!partial.started, "a whole request resets what is carried over");
+        for end in request + 1..wire.len() {
+            assert_eq!(super::parse(&wire[request..end], &LIMITS, &mut partial), Ok(None));
+        }
+        assert_eq!(partial.pos, 5, "an inline line is searched for its end once");
+        assert_eq!(
+            super::parse(&wire[request..], &LIMITS, &mut partial),
+            Ok(Some((bulks(&["PING"]), 6)))
+        );
     }
 
     #[test]
@@ -441,7 +485,9 @@ mod tests {
             (b"*-2\r\n", "invalid multibulk length"),
             (b"*1\r\n$-1\r\n", "invalid bulk length"),
             (b"*1\r\n$x\r\n", "invalid bulk length"),
-            (b"*1\r\n*1\r\n*1\r\n", "nested too deeply"),
+            (b"*1\r\n*1\r\n", "expected '$', got '*'"),
+            (b"*1\r\n+OK\r\n", "expected '$', got '+'"),
+            (b"*1\r\n:1\r\n", "expected '$', got ':'"),
             (
                 b"*3\r\n$16\r\n0123456789abcdef\r\n$16\r\n0123456789abcdef\r\n$16\r\n",
                 "request exceeds",

@@ -40,8 +40,6 @@ pub struct RespConfig {
     pub max_array_len: usize,
     /// Longest inline command line (typed into `nc`/`telnet`), in bytes. Default 64 KiB.
     pub max_inline_bytes: usize,
-    /// Deepest nesting of arrays in a request (a command is depth 1). Default 8.
-    pub max_depth: usize,
 }
 
 impl Default for RespConfig {
@@ -53,7 +51,6 @@ impl Default for RespConfig {
             max_bulk_bytes: 2 * 1024 * 1024,
             max_array_len: 10_000,
             max_inline_bytes: 64 * 1024,
-            max_depth: 8,
         }
     }
 }
@@ -67,7 +64,6 @@ impl RespConfig {
             max_bulk_bytes: self.max_bulk_bytes,
             max_array_len: self.max_array_len,
             max_inline_bytes: self.max_inline_bytes,
-            max_depth: self.max_depth,
             max_request_bytes: self.max_bulk_bytes.saturating_mul(32),
         }
     }

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::cmd::{Command, Ctx, Spec};
 use crate::connection::{Connection, ReadError};
-use crate::frame::{Frame, Limits, Proto, ProtocolError};
+use crate::frame::{Frame, Limits, Proto};
 use crate::parse::CommandError;
 use crate::RespConfig;
 
@@ -149,15 +149,13 @@ async fn refuse(mut socket: TcpStream) {
     .await;
 }
 
-/// The words of a request; a nested array has no meaning as a command word.
-fn request_args(items: Vec<Frame>) -> Result<Vec<Bytes>, ProtocolError> {
+/// The words of a request: the parser takes only bulk strings as arguments (`frame::parse`).
+fn request_args(items: Vec<Frame>) -> Vec<Bytes> {
     items
         .into_iter()
         .map(|item| match item {
-            Frame::Bulk(b) => Ok(b),
-            Frame::Simple(s) => Ok(Bytes::from(s)),
-            Frame::Integer(n) => Ok(Bytes::from(n.to_string())),
-            _ => Err(ProtocolError("command arguments must be bulk strings".into())),
+            Frame::Bulk(b) => b,
+            other => unreachable!("a request argument is a bulk string, not {other:?}"),
         })
         .collect()
 }
@@ -237,17 +235,10 @@ async fn handle(shared: &Shared, socket: TcpStream, addr: SocketAddr, limits: Li
         let Frame::Array(items) = frame else {
             unreachable!("requests are arrays")
         };
-        let args = match request_args(items) {
-            Ok(args) if args.is_empty() => continue,
-            Ok(args) => args,
-            Err(e) => {
-                if drain(&mut conn, &mut pending).await.is_ok() {
-                    let _ = conn.write_frame(&Frame::Error(format!("ERR {e}"))).await;
-                    let _ = conn.flush().await;
-                }
-                break;
-            }
-        };
+        let args = request_args(items);
+        if args.is_empty() {
+            continue;
+        }
         shared.commands_total.fetch_add(1, Ordering::Relaxed);
         let (reply, next) = run(shared, &mut session, &mut txn, &mut conn, &mut pending, &mut stop, args).await;
         let Some(reply) = reply else { break };

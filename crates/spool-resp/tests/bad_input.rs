@@ -45,11 +45,23 @@ async fn protocol_errors_close_only_that_connection() -> anyhow::Result<()> {
         ("negative bulk", b"*1\r\n$-3\r\n".to_vec(), "invalid bulk length"),
         ("non-numeric length", b"*x\r\n".to_vec(), "invalid multibulk length"),
         ("wrong element type", b"*1\r\n%1\r\n".to_vec(), "expected '$', got '%'"),
-        ("nested too deep", b"*1\r\n".repeat(9), "nested too deeply"),
+        // As in Redis, every argument is a bulk string: other kinds would escape the size limits, which count
+        // bulk strings (`*10000` then 10,000 simple strings of 64 KiB was 655 MB buffered).
+        ("nested arrays", b"*1\r\n".repeat(9), "expected '$', got '*'"),
         (
             "nested command word",
             b"*1\r\n*1\r\n$4\r\nPING\r\n".to_vec(),
-            "must be bulk strings",
+            "expected '$', got '*'",
+        ),
+        (
+            "simple string argument",
+            b"*1\r\n+PING\r\n".to_vec(),
+            "expected '$', got '+'",
+        ),
+        (
+            "integer argument",
+            b"*2\r\n$4\r\nECHO\r\n:1\r\n".to_vec(),
+            "expected '$', got ':'",
         ),
         ("garbage without newline", garbage, "too big inline request"),
     ];

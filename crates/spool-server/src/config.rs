@@ -296,8 +296,6 @@ pub struct RespSection {
     pub max_array_len: usize,
     /// Longest inline command line in bytes. Default 65536.
     pub max_inline_bytes: usize,
-    /// Deepest nesting of aggregate frames. Default 8.
-    pub max_depth: usize,
 }
 
 impl Default for RespSection {
@@ -311,7 +309,6 @@ impl Default for RespSection {
             max_bulk_bytes: 2 * 1024 * 1024,
             max_array_len: 10_000,
             max_inline_bytes: 64 * 1024,
-            max_depth: 8,
         }
     }
 }

@@ -136,7 +136,6 @@ async fn start_doors(
             max_bulk_bytes: r.max_bulk_bytes,
             max_array_len: r.max_array_len,
             max_inline_bytes: r.max_inline_bytes,
-            max_depth: r.max_depth,
         };
         let (broker, stop) = (broker.clone(), stop_signal(stop.clone()));
         tasks.spawn(async move {
