@@ -87,6 +87,11 @@ impl Connection {
         }
     }
 
+    /// The limits requests are held to.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Queues a reply; it is sent at the next flush.
     pub async fn write_frame(&mut self, frame: &Frame) -> std::io::Result<()> {
         self.encoded.clear();

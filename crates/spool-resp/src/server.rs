@@ -163,7 +163,10 @@ fn request_args(items: Vec<Frame>) -> Vec<Bytes> {
 /// A transaction being queued by `MULTI`.
 struct Transaction {
     queued: Vec<Command>,
-    /// A command failed to queue (unknown, wrong arity, not allowed): `EXEC` will refuse, as Redis's does.
+    /// Bytes of the queued commands' arguments.
+    queued_bytes: usize,
+    /// A command failed to queue (unknown, wrong arity, not allowed, past the limits): `EXEC` will refuse, as
+    /// Redis's does.
     aborted: bool,
 }
 
@@ -291,6 +294,7 @@ async fn run(
 ) -> (Option<Applied<Frame>>, Next) {
     let reply =
         |r: Result<Frame, CommandError>| (Some(Applied::done(r.unwrap_or_else(|e| e.to_frame()))), Next::Continue);
+    let arg_bytes: usize = args.iter().map(Bytes::len).sum();
     let (command, spec) = match Command::from_args(args) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -328,6 +332,7 @@ async fn run(
         (Command::Multi, None) => {
             *txn = Some(Transaction {
                 queued: Vec::new(),
+                queued_bytes: 0,
                 aborted: false,
             });
             reply(Ok(Frame::ok()))
@@ -339,7 +344,7 @@ async fn run(
         }
         (Command::Exec, None) => reply(Err(CommandError::Other("ERR EXEC without MULTI".into()))),
         (Command::Exec, Some(_)) => {
-            let Transaction { queued, aborted } = txn.take().expect("in a transaction");
+            let Transaction { queued, aborted, .. } = txn.take().expect("in a transaction");
             if aborted {
                 return reply(Err(CommandError::Other(
                     "EXECABORT Transaction discarded because of previous errors.".into(),
@@ -359,7 +364,23 @@ async fn run(
             reply(Ok(Frame::Array(replies)))
         }
         (command, Some(txn)) => {
-            txn.queued.push(command);
+            // A transaction is held whole until EXEC: it gets the bounds of one request, in commands and in bytes.
+            // One that will be refused keeps nothing more.
+            if !txn.aborted {
+                let limits = conn.limits();
+                if txn.queued.len() >= limits.max_array_len
+                    || txn.queued_bytes.saturating_add(arg_bytes) > limits.max_request_bytes
+                {
+                    txn.aborted = true;
+                    txn.queued = Vec::new();
+                    return reply(Err(CommandError::Other(format!(
+                        "ERR transaction too large: at most {} commands and {} bytes of arguments are queued",
+                        limits.max_array_len, limits.max_request_bytes
+                    ))));
+                }
+                txn.queued.push(command);
+                txn.queued_bytes += arg_bytes;
+            }
             reply(Ok(Frame::Simple("QUEUED".into())))
         }
         (command, None) if command.may_block() => {

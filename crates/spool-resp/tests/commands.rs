@@ -444,6 +444,63 @@ async fn pipelines_and_transactions() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_transaction_is_held_to_the_bounds_of_one_request() -> anyhow::Result<()> {
+    let config = RespConfig {
+        max_array_len: 3,
+        max_bulk_bytes: 8,
+        ..RespConfig::default()
+    };
+    let server = common::start(config).await;
+    let mut raw = server.raw().await;
+    assert_eq!(raw.ask(b"MULTI\r\n").await, "+OK");
+    for _ in 0..3 {
+        assert_eq!(raw.ask(b"LPUSH t a\r\n").await, "+QUEUED");
+    }
+    let too_many = raw.ask(b"LPUSH t a\r\n").await;
+    assert!(too_many.starts_with("-ERR transaction too large"), "{too_many}");
+    assert_eq!(
+        raw.ask(b"LPUSH t a\r\n").await,
+        "+QUEUED",
+        "later commands are taken and dropped"
+    );
+    assert_eq!(
+        raw.ask(b"EXEC\r\n").await,
+        "-EXECABORT Transaction discarded because of previous errors."
+    );
+    assert_eq!(raw.ask(b"LLEN t\r\n").await, ":0", "nothing ran");
+    server.stop().await;
+
+    // 32 × 8 = 256 bytes of arguments.
+    let config = RespConfig {
+        max_bulk_bytes: 8,
+        ..RespConfig::default()
+    };
+    let server = common::start(config).await;
+    let mut raw = server.raw().await;
+    assert_eq!(raw.ask(b"MULTI\r\n").await, "+OK");
+    // 14 bytes of arguments each: 18 fit in 256.
+    for _ in 0..18 {
+        assert_eq!(raw.ask(b"LPUSH t 12345678\r\n").await, "+QUEUED");
+    }
+    let too_big = raw.ask(b"LPUSH t 12345678\r\n").await;
+    assert!(too_big.starts_with("-ERR transaction too large"), "{too_big}");
+    assert_eq!(raw.ask(b"DISCARD\r\n").await, "+OK");
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn del_of_a_name_that_cannot_be_a_queue_counts_it_missing() -> anyhow::Result<()> {
+    let server = common::start(RespConfig::default()).await;
+    let mut raw = server.raw().await;
+    assert_eq!(raw.ask(b"LPUSH q1 a\r\n").await, ":1");
+    assert_eq!(raw.ask(b"DEL q1 bad/name\r\n").await, ":1");
+    assert_eq!(raw.ask(b"LLEN q1\r\n").await, ":0");
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn shutdown_cuts_blocked_clients_short_and_returns() -> anyhow::Result<()> {
     let server = common::start(RespConfig::default()).await;
     let mut raw = server.raw().await;

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use spool_core::ErrorCode;
+use spool_core::{ErrorCode, QueueName};
 use spool_engine::{Applied, Delivery, End, NewJob, ReserveRequest};
 
 use super::queue::count;
@@ -196,9 +196,11 @@ impl ListCmd {
                 ))
             }
             ListCmd::Del(queues) => {
+                // A name that cannot be a queue is a key that does not exist, as in Redis: skipped up front, not met
+                // half-way with the earlier queues already purged.
                 let mut deleted = 0;
-                for queue in queues {
-                    match broker.purge(&queue).await {
+                for queue in queues.iter().filter(|q| QueueName::new(q).is_ok()) {
+                    match broker.purge(queue).await {
                         Ok(n) => deleted += i64::from(n > 0),
                         Err(e) if e.code == ErrorCode::UnknownQueue => {}
                         Err(e) => return Err(e.into()),
