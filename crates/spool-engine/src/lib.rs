@@ -403,6 +403,17 @@ impl Broker {
                 let jobs = locked
                     .state
                     .reserve(now, &queues, &req.order, req.end, lease, req.count, fx);
+                // A wake-up names one queue, but a reserver woken for it may take from another of its queues (strict
+                // order), or fewer jobs than are ready: whoever waits on a queue that still has jobs is woken too.
+                for queue in &queues {
+                    if locked.state.has_ready(queue) {
+                        wake_one(&mut locked.waiters, queue);
+                    }
+                }
+                // Checked under the lock that `shutdown` clears the waiters under, so none registers after it.
+                if self.inner.shutting_down.load(Ordering::Acquire) {
+                    return (jobs, None);
+                }
                 // Registering under the same lock that found nothing means no job can become ready unseen.
                 let waiting = (jobs.as_ref().is_ok_and(Vec::is_empty) && !req.timeout.is_zero()).then(|| {
                     let (tx, rx) = oneshot::channel();
@@ -413,11 +424,15 @@ impl Broker {
                         queues: queues.clone(),
                         wake: tx,
                     });
-                    rx
+                    Woken {
+                        broker: self,
+                        queues: &queues,
+                        rx,
+                    }
                 });
                 (jobs, waiting)
             });
-            let Some(rx) = waiting else {
+            let Some(mut woken) = waiting else {
                 // Leases are not stored (see `state`): the writes here are a pop's deletes and expiries found on the
                 // way. Only a pop must wait for them, since its jobs exist nowhere else once it answers.
                 return jobs.map(|value| Applied {
@@ -434,7 +449,7 @@ impl Broker {
             };
             tokio::select! {
                 // Woken because a job became ready in one of our queues (or shutdown): loop and try to take it.
-                _ = rx => {}
+                _ = &mut woken.rx => {}
                 _ = timed_out => return Ok(Applied::done(Vec::new())),
             }
         }
@@ -789,6 +804,27 @@ impl Broker {
 
 /// Wakes the longest-waiting reserver interested in `queue`. A waiter whose reserve was cancelled (its receiver is
 /// gone) is skipped, so the wake-up reaches someone who will take the job.
+/// A reserver's place among the waiters. Dropped after a wake-up arrived but before the reserver looked (its client
+/// left, its deadline passed in the same instant), it hands the wake-up on: otherwise a job could sit ready while
+/// another reserver of its queue sleeps.
+struct Woken<'a> {
+    broker: &'a Broker,
+    queues: &'a [QueueName],
+    rx: oneshot::Receiver<()>,
+}
+
+impl Drop for Woken<'_> {
+    fn drop(&mut self) {
+        if self.rx.try_recv().is_ok() {
+            let mut locked = self.broker.lock();
+            let Locked { state, waiters } = &mut *locked;
+            for queue in self.queues.iter().filter(|q| state.has_ready(q)) {
+                wake_one(waiters, queue);
+            }
+        }
+    }
+}
+
 fn wake_one(waiters: &mut Vec<Waiter>, queue: &QueueName) {
     while let Some(pos) = waiters.iter().position(|w| w.queues.contains(queue)) {
         let waiter = waiters.remove(pos);

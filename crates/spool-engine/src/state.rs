@@ -824,6 +824,11 @@ impl State {
         })
     }
 
+    /// Whether a reservation from `name` would find a job now (it has ready jobs and is not paused).
+    pub fn has_ready(&self, name: &QueueName) -> bool {
+        self.queues.get(name).is_some_and(|q| !q.paused && q.ready.len > 0)
+    }
+
     pub fn queue_names(&self) -> Vec<QueueName> {
         self.queues.keys().cloned().collect()
     }

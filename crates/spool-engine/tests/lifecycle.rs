@@ -158,6 +158,54 @@ async fn blocking_reserve_is_woken_by_an_enqueue() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_wake_up_for_a_queue_its_reserver_did_not_take_from_is_passed_on() {
+    let (broker, _clock) = mem_broker();
+    // W1 waits on `critical` then `bulk` in strict order, W2 on `bulk` alone.
+    let w1 = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let queues = vec!["critical".to_string(), "bulk".to_string()];
+            broker
+                .reserve(ReserveRequest::new(queues, 1, Duration::from_secs(60)))
+                .await
+        })
+    };
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let w2 = parked_reserver(&broker, "bulk", "nothing to take yet").await;
+    // A job for `bulk` wakes W1 (the first waiter on it); before W1 looks, one for `critical` finds no waiter left.
+    let started = tokio::time::Instant::now();
+    put(&broker, job("bulk", "b")).await;
+    put(&broker, job("critical", "c")).await;
+    assert_eq!(
+        labels(&w1.await.unwrap().unwrap()),
+        ["c"],
+        "strict order: critical first"
+    );
+    assert_eq!(
+        labels(&w2.await.unwrap().unwrap()),
+        ["b"],
+        "W1 left the bulk job, so W2 is woken for it"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1), "woken, not timed out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wake_up_that_arrives_as_its_reserver_is_dropped_is_passed_on() {
+    let (broker, _clock) = mem_broker();
+    let first = parked_reserver(&broker, "default", "nothing to take yet").await;
+    let second = parked_reserver(&broker, "default", "nothing to take yet").await;
+    let started = tokio::time::Instant::now();
+    // The enqueue wakes `first`, which is cancelled (its client left) before it runs again to take the job.
+    put(&broker, job("default", "j")).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    assert_eq!(labels(&second.await.unwrap().unwrap()), ["j"]);
+    assert!(started.elapsed() < Duration::from_secs(1), "woken, not timed out");
+}
+
+#[tokio::test(start_paused = true)]
 async fn blocking_reserve_times_out_empty() {
     let (broker, _clock) = mem_broker();
     let started = tokio::time::Instant::now();
