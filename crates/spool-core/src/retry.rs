@@ -67,7 +67,11 @@ impl RetryPolicy {
     /// random `unit` in `[0, 1)` (passed in so tests can pin it).
     pub fn delay(&self, failures: u32, unit: f64) -> Duration {
         let exp = self.multiplier.powi(failures.saturating_sub(1).min(1_000) as i32);
-        let raw = (self.initial_ms as f64 * exp).min(self.max_ms as f64);
+        // 0 × an exponent grown to infinity is NaN, which `min` would turn into the cap: no initial delay stays none.
+        let raw = match self.initial_ms {
+            0 => 0.0,
+            initial => (initial as f64 * exp).min(self.max_ms as f64),
+        };
         let unit = unit.clamp(0.0, 1.0);
         let ms = match self.jitter {
             Jitter::None => raw,
@@ -93,6 +97,19 @@ mod tests {
         };
         let delays: Vec<u64> = (1..=6).map(|n| p.delay(n, 0.5).as_millis() as u64).collect();
         assert_eq!(delays, vec![100, 200, 400, 800, 1_000, 1_000]);
+    }
+
+    #[test]
+    fn no_initial_delay_stays_none_however_many_failures() {
+        let p = RetryPolicy {
+            initial_ms: 0,
+            multiplier: 100.0,
+            max_ms: 60_000,
+            jitter: Jitter::None,
+        };
+        // 100^155 overflows to infinity, and 0 × infinity is NaN.
+        assert_eq!(p.delay(1, 0.5), Duration::ZERO);
+        assert_eq!(p.delay(200, 0.5), Duration::ZERO);
     }
 
     #[test]
