@@ -66,6 +66,9 @@ pub struct EngineConfig {
     pub max_payload_bytes: usize,
     /// Most jobs in one enqueue batch or one reservation. Default 1,000.
     pub max_batch: usize,
+    /// Most payload bytes one reservation hands out: it stops before the job that would pass this, but always hands
+    /// out one. Default 3 MiB, under the 4 MiB a stock gRPC client accepts in one message.
+    pub max_reserve_bytes: usize,
     /// Payload bytes kept in memory before the payloads of jobs already in the store's checkpoint are dropped (and
     /// read back when each job is handed out). Default 256 MiB.
     pub payload_memory_bytes: usize,
@@ -91,6 +94,7 @@ impl Default for EngineConfig {
         Self {
             max_payload_bytes: 1024 * 1024,
             max_batch: 1_000,
+            max_reserve_bytes: 3 * 1024 * 1024,
             payload_memory_bytes: 256 * 1024 * 1024,
             auto_create_queues: true,
             queue_defaults: QueueSettings::default(),

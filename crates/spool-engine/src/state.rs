@@ -534,6 +534,7 @@ impl State {
         fx: &mut Effects,
     ) -> Result<Vec<Job>, SpoolError> {
         let mut out = Vec::new();
+        let mut taken_bytes = 0;
         let mut rng = rand::thread_rng();
         while out.len() < count {
             let candidates = queues
@@ -595,6 +596,14 @@ impl State {
                 }
                 break;
             }
+            // An answer holds at most `max_reserve_bytes` of payloads (always one job): a client refuses a message
+            // over its limit, and jobs leased into a refused answer would burn an attempt each without being run.
+            if !out.is_empty() && taken_bytes + slot.payload.len() > self.config.max_reserve_bytes {
+                self.index(&slot);
+                self.jobs.insert(slot.id, slot);
+                break;
+            }
+            taken_bytes += slot.payload.len();
             if !lease {
                 self.queue_mut(&queue).counters.acked += 1;
                 self.delete(&slot, fx);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use spool_core::{ErrorCode, Jitter, JobOptions, JobState, Priority, QueueName, RetryPolicy};
-use spool_engine::{DeadSelector, Delivery, End, NackAction, NewJob, ReserveOrder, ReserveRequest};
+use spool_engine::{DeadSelector, Delivery, End, EngineConfig, NackAction, NewJob, ReserveOrder, ReserveRequest};
 
 fn prio(p: i64) -> JobOptions {
     JobOptions {
@@ -203,6 +203,34 @@ async fn a_wake_up_that_arrives_as_its_reserver_is_dropped_is_passed_on() {
     assert!(first.await.unwrap_err().is_cancelled());
     assert_eq!(labels(&second.await.unwrap().unwrap()), ["j"]);
     assert!(started.elapsed() < Duration::from_secs(1), "woken, not timed out");
+}
+
+#[tokio::test]
+async fn a_reservation_stops_at_its_byte_budget_but_always_hands_out_one_job() {
+    let (broker, _clock, _store) = mem_broker_with(EngineConfig {
+        max_reserve_bytes: 10,
+        ..EngineConfig::default()
+    });
+    for label in ["aaaa", "bbbb", "cccc", "a-payload-over-the-budget", "dddd"] {
+        put(&broker, job("default", label)).await;
+    }
+    assert_eq!(
+        labels(&take(&broker, &["default"], 10).await),
+        ["aaaa", "bbbb"],
+        "a third would pass 10 bytes"
+    );
+    assert_eq!(labels(&take(&broker, &["default"], 10).await), ["cccc"]);
+    assert_eq!(
+        labels(&take(&broker, &["default"], 10).await),
+        ["a-payload-over-the-budget"],
+        "one job, however large"
+    );
+    assert_eq!(labels(&take(&broker, &["default"], 10).await), ["dddd"]);
+    assert_eq!(
+        counts(&broker, "default"),
+        (0, 0, 5, 0, 0),
+        "every job leased once, none left behind"
+    );
 }
 
 #[tokio::test(start_paused = true)]

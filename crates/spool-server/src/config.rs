@@ -137,6 +137,9 @@ pub struct LimitsSection {
     pub max_payload_bytes: usize,
     /// Most jobs per enqueue batch or reservation. Default 1000.
     pub max_batch: usize,
+    /// Most payload bytes one reservation hands out (it stops before the job that would pass this, and always hands
+    /// out one). Default 3145728 (3 MiB), under the 4 MiB a stock gRPC client accepts.
+    pub max_reserve_bytes: usize,
     /// Payloads held in memory, MiB, before those of checkpointed jobs are dropped and read back on delivery.
     /// Default 256.
     pub payload_memory_mb: usize,
@@ -148,6 +151,7 @@ impl Default for LimitsSection {
         Self {
             max_payload_bytes: engine.max_payload_bytes,
             max_batch: engine.max_batch,
+            max_reserve_bytes: engine.max_reserve_bytes,
             payload_memory_mb: engine.payload_memory_bytes / (1024 * 1024),
         }
     }
@@ -425,8 +429,8 @@ impl Config {
         if self.storage.durability == DurabilityMode::Interval && self.storage.interval.is_zero() {
             return Err("storage.interval: must be more than 0s with durability = \"interval\"".into());
         }
-        if self.storage.cache_mb == 0 {
-            return Err("storage.cache_mb: must be at least 1".into());
+        if !(1..=1024 * 1024).contains(&self.storage.cache_mb) {
+            return Err("storage.cache_mb: must be between 1 and 1048576".into());
         }
         if !(1..=1024).contains(&self.storage.wal_segment_mb) {
             return Err("storage.wal_segment_mb: must be between 1 and 1024".into());
@@ -434,8 +438,33 @@ impl Config {
         if self.grpc.max_message_bytes < 1024 {
             return Err("grpc.max_message_bytes: must be at least 1024".into());
         }
-        if self.limits.max_payload_bytes == 0 || self.limits.max_batch == 0 {
-            return Err("limits: max_payload_bytes and max_batch must be at least 1".into());
+        if self.limits.max_payload_bytes == 0 || self.limits.max_batch == 0 || self.limits.max_reserve_bytes == 0 {
+            return Err("limits: max_payload_bytes, max_batch and max_reserve_bytes must be at least 1".into());
+        }
+        // Room for a job's other fields: a job of the largest payload must fit in one request.
+        if self.grpc.enabled && self.grpc.max_message_bytes < self.limits.max_payload_bytes.saturating_add(4096) {
+            return Err(format!(
+                "grpc.max_message_bytes: must be at least limits.max_payload_bytes + 4096 ({}), or the largest \
+                 payload cannot be sent over gRPC",
+                self.limits.max_payload_bytes.saturating_add(4096)
+            ));
+        }
+        let resp = &self.resp;
+        if [
+            resp.max_connections,
+            resp.max_bulk_bytes,
+            resp.max_array_len,
+            resp.max_inline_bytes,
+        ]
+        .contains(&0)
+        {
+            return Err(
+                "resp: max_connections, max_bulk_bytes, max_array_len and max_inline_bytes must be at least 1".into(),
+            );
+        }
+        // It travels in an HTTP header (`authorization: Bearer <token>`), which cannot carry spaces or control bytes.
+        if !self.auth.token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("auth.token: must be printable ASCII without spaces (it is sent in an HTTP header)".into());
         }
         let engine = self.engine_config()?;
         spool_scheduler::check_queues(&self.schedule_defs()?, &engine)?;
@@ -456,6 +485,7 @@ impl Config {
         let mut engine = EngineConfig {
             max_payload_bytes: self.limits.max_payload_bytes,
             max_batch: self.limits.max_batch,
+            max_reserve_bytes: self.limits.max_reserve_bytes,
             payload_memory_bytes: self.limits.payload_memory_mb.saturating_mul(1024 * 1024),
             auto_create_queues: self.server.auto_create_queues,
             queue_defaults: defaults.clone(),
@@ -603,6 +633,32 @@ mod tests {
         assert_eq!(auto.server.workers(), (cpus - 1).max(1));
         let env = [("SPOOL_SERVER__WORKER_THREADS".to_string(), "3".to_string())];
         assert_eq!(Config::load(None, env).unwrap().server.workers(), 3);
+    }
+
+    #[test]
+    fn settings_that_would_start_a_broken_daemon_are_refused() {
+        for (key, value, expect) in [
+            // 2^44 MiB in bytes wraps to 0 in a release build.
+            ("SPOOL_STORAGE__CACHE_MB", "17592186044416", "storage.cache_mb"),
+            ("SPOOL_RESP__MAX_CONNECTIONS", "0", "resp: max_connections"),
+            ("SPOOL_RESP__MAX_ARRAY_LEN", "0", "resp: max_connections"),
+            ("SPOOL_LIMITS__MAX_RESERVE_BYTES", "0", "max_reserve_bytes"),
+            ("SPOOL_LIMITS__MAX_PAYLOAD_BYTES", "4194304", "grpc.max_message_bytes"),
+            ("SPOOL_AUTH__TOKEN", "\"two words\"", "auth.token"),
+        ] {
+            let e = Config::load(None, [(key.to_string(), value.to_string())])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expect), "{key}={value}: {e}");
+        }
+        let grpc_off = [
+            ("SPOOL_LIMITS__MAX_PAYLOAD_BYTES".to_string(), "4194304".to_string()),
+            ("SPOOL_GRPC__ENABLED".to_string(), "false".to_string()),
+        ];
+        assert!(
+            Config::load(None, grpc_off).is_ok(),
+            "the gRPC limit matters only with gRPC on"
+        );
     }
 
     #[test]
