@@ -47,16 +47,22 @@ struct Session {
     queues: Vec<String>,
     order: ReserveOrder,
     credits: usize,
-    /// Jobs delivered on this stream and not yet settled on it: each takes one credit.
-    held: HashSet<JobId>,
+    /// Deliveries on this stream not yet settled on it, by job and lease token: each takes one credit. By token too,
+    /// because a job whose lease ran out can come back to the same stream under a new one, and settling the old
+    /// delivery (`LEASELOST`) must not free the new one's credit.
+    held: HashSet<(JobId, u64)>,
 }
 
 /// Runs until the worker closes its side or the connection breaks (`Ok`), or until the stream must end with a
 /// status (`Err`: a protocol error, an engine error on reserve, shutdown).
 async fn run(service: SpoolService, mut inbound: Streaming<v1::ConsumeRequest>, out: &Outbound) -> Result<(), Status> {
-    let first = match inbound.next().await {
-        Some(Ok(message)) => message,
-        Some(Err(_)) | None => return Ok(()),
+    let mut stop = service.stop.clone();
+    let first = tokio::select! {
+        _ = stopped(&mut stop) => return Err(shutting_down()),
+        first = inbound.next() => match first {
+            Some(Ok(message)) => message,
+            Some(Err(_)) | None => return Ok(()),
+        },
     };
     let Some(Kind::Start(start)) = first.kind else {
         return Err(invalid("the first message of a consume stream must be `start`"));
@@ -69,7 +75,6 @@ async fn run(service: SpoolService, mut inbound: Streaming<v1::ConsumeRequest>, 
         held: HashSet::new(),
     };
     session.grant(start.credits, service.max_batch).map_err(status)?;
-    let mut stop = service.stop.clone();
     loop {
         let free = session.credits.saturating_sub(session.held.len());
         let reserve = async {
@@ -103,7 +108,7 @@ async fn run(service: SpoolService, mut inbound: Streaming<v1::ConsumeRequest>, 
                     return Err(shutting_down());
                 }
                 for job in jobs {
-                    session.held.insert(job.id);
+                    session.held.insert((job.id, job.lease.map_or(0, |l| l.token)));
                     let message = v1::ConsumeResponse {
                         kind: Some(consume_response::Kind::Job(v1::Job::from(job))),
                     };
@@ -142,7 +147,7 @@ impl Session {
             Some(Kind::Ack(ack)) => match (parse_job_id("ack.id", &ack.id), require_token("ack.token", ack.token)) {
                 (Ok(id), Ok(token)) => {
                     // Settled either way: after a LEASELOST the worker no longer holds the job, so its credit is free.
-                    self.held.remove(&id);
+                    self.held.remove(&(id, token));
                     service.broker.ack(id, token).await
                 }
                 (Err(e), _) | (_, Err(e)) => Err(e),
@@ -153,7 +158,7 @@ impl Session {
                 nack_action(&nack),
             ) {
                 (Ok(id), Ok(token), Ok(action)) => {
-                    self.held.remove(&id);
+                    self.held.remove(&(id, token));
                     service.broker.nack(id, token, action, nack.error).await
                 }
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),

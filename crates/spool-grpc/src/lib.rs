@@ -16,6 +16,7 @@ mod service;
 pub mod status;
 
 use std::future::Future;
+use std::time::Duration;
 
 use spool_engine::Broker;
 use spool_proto::v1::spool_server::SpoolServer;
@@ -86,11 +87,20 @@ pub async fn serve(
         tracing::info!("gRPC door shutting down");
     };
     tonic::transport::Server::builder()
+        // A worker whose connection died without a FIN (a NAT or load balancer that forgot it) is found within
+        // ~40 s, so its consume stream's task and buffered jobs go, and shutdown does not wait on it.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health)
         .add_service(reflection)
         .add_service(spool)
         // Our own listener bypasses the builder's socket options, so set TCP_NODELAY here: without it a small
         // response waits for the client's delayed ACK (~40 ms per unbatched fetch + ack, measured with spool-bench).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
+            signal,
+        )
         .await
 }

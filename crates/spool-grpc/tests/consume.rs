@@ -76,14 +76,17 @@ async fn credits_cap_what_a_worker_holds_and_settling_frees_them() {
     next_result(&mut worker, nack).await.expect("nacked");
     let d = next_job(&mut worker).await;
     assert_eq!(d.payload, b"job-3");
-    // A failed ack (stale token) still gives the credit back: the worker no longer holds that job.
+    // An ack under a token this stream never delivered is refused and frees nothing: the worker still holds `c3`
+    // under its real lease. (Over-delivery would put a job between the two results.)
     let stale = worker.ack(&c3.id, 1).await.expect("send");
     let e = next_result(&mut worker, stale).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::LeaseLost));
+    let ack = worker.ack(&c3.id, token(&c3)).await.expect("send");
+    assert_eq!(next_result(&mut worker, ack).await.expect("acked"), None);
     let e5 = next_job(&mut worker).await;
     assert_eq!(e5.payload, b"job-4");
     let stats = c.queue_stats("work").await.expect("stats");
-    assert_eq!((stats.leased, stats.ready, stats.acked_total, stats.dead), (3, 0, 1, 1));
+    assert_eq!((stats.leased, stats.ready, stats.acked_total, stats.dead), (2, 0, 2, 1));
 
     // More credits, then new work arrives while the worker waits: delivered as it becomes ready.
     let grant = worker.grant(1).await.expect("send");
@@ -102,6 +105,46 @@ async fn credits_cap_what_a_worker_holds_and_settling_frees_them() {
         next_result(&mut worker, too_many).await.unwrap_err().code(),
         Some(ErrorCode::Invalid)
     );
+    drop(worker);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_redelivered_to_the_same_stream_takes_a_credit_per_delivery() {
+    let server = common::start().await;
+    let c = server.client().await;
+    let mut job = new_job("work", "j");
+    job.options = Some(proto::JobOptions {
+        lease_ms: Some(5_000),
+        retry: Some(proto::RetryPolicy {
+            initial_ms: 0,
+            multiplier: 1.0,
+            max_ms: 0,
+            jitter: proto::Jitter::None.into(),
+        }),
+        ..Default::default()
+    });
+    c.enqueue(job).await.expect("push");
+    let mut worker = c.consume(&["work"], 2).await.expect("consume");
+    let first = next_job(&mut worker).await;
+    // The lease runs out and the retry comes straight back to this stream, under a new token.
+    server.advance(5_001);
+    let second = next_job(&mut worker).await;
+    assert_eq!(second.id, first.id);
+    assert_ne!(token(&second), token(&first));
+    // Two deliveries held, two credits: a new job must wait. Over-delivery would put it before the extend's result.
+    c.enqueue(new_job("work", "k")).await.expect("push");
+    let extend = worker.extend(&second.id, token(&second), None).await.expect("send");
+    next_result(&mut worker, extend).await.expect("extended");
+    // Settling the stale delivery frees its credit, and only that one.
+    let stale = worker.ack(&first.id, token(&first)).await.expect("send");
+    let e = next_result(&mut worker, stale).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::LeaseLost));
+    assert_eq!(next_job(&mut worker).await.payload, b"k");
+    let extend = worker.extend(&second.id, token(&second), None).await.expect("send");
+    next_result(&mut worker, extend)
+        .await
+        .expect("the second delivery is still held");
     drop(worker);
     server.stop().await;
 }
