@@ -802,8 +802,6 @@ impl Broker {
     }
 }
 
-/// Wakes the longest-waiting reserver interested in `queue`. A waiter whose reserve was cancelled (its receiver is
-/// gone) is skipped, so the wake-up reaches someone who will take the job.
 /// A reserver's place among the waiters. Dropped after a wake-up arrived but before the reserver looked (its client
 /// left, its deadline passed in the same instant), it hands the wake-up on: otherwise a job could sit ready while
 /// another reserver of its queue sleeps.
@@ -825,6 +823,8 @@ impl Drop for Woken<'_> {
     }
 }
 
+/// Wakes the longest-waiting reserver interested in `queue`. A waiter whose reserve was cancelled (its receiver is
+/// gone) is skipped, so the wake-up reaches someone who will take the job.
 fn wake_one(waiters: &mut Vec<Waiter>, queue: &QueueName) {
     while let Some(pos) = waiters.iter().position(|w| w.queues.contains(queue)) {
         let waiter = waiters.remove(pos);

@@ -146,7 +146,7 @@ impl Session {
             Some(Kind::Credit(c)) => self.grant(c.credits, service.max_batch),
             Some(Kind::Ack(ack)) => match (parse_job_id("ack.id", &ack.id), require_token("ack.token", ack.token)) {
                 (Ok(id), Ok(token)) => {
-                    // Settled either way: after a LEASELOST the worker no longer holds the job, so its credit is free.
+                    // Settled either way: after a LEASELOST the worker no longer holds that delivery, so its credit is free.
                     self.held.remove(&(id, token));
                     service.broker.ack(id, token).await
                 }
