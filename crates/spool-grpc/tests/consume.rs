@@ -34,6 +34,22 @@ async fn next_result(worker: &mut Consumer, request_id: u64) -> Result<Option<u6
     }
 }
 
+/// A job for `work` leased for 5 s and retried without delay when its lease runs out.
+fn retried_at_once(payload: &str) -> proto::NewJob {
+    let mut job = new_job("work", payload);
+    job.options = Some(proto::JobOptions {
+        lease_ms: Some(5_000),
+        retry: Some(proto::RetryPolicy {
+            initial_ms: 0,
+            multiplier: 1.0,
+            max_ms: 0,
+            jitter: proto::Jitter::None.into(),
+        }),
+        ..Default::default()
+    });
+    job
+}
+
 fn token(job: &proto::Job) -> u64 {
     job.lease.expect("leased").token
 }
@@ -113,18 +129,7 @@ async fn credits_cap_what_a_worker_holds_and_settling_frees_them() {
 async fn a_job_redelivered_to_the_same_stream_takes_a_credit_per_delivery() {
     let server = common::start().await;
     let c = server.client().await;
-    let mut job = new_job("work", "j");
-    job.options = Some(proto::JobOptions {
-        lease_ms: Some(5_000),
-        retry: Some(proto::RetryPolicy {
-            initial_ms: 0,
-            multiplier: 1.0,
-            max_ms: 0,
-            jitter: proto::Jitter::None.into(),
-        }),
-        ..Default::default()
-    });
-    c.enqueue(job).await.expect("push");
+    c.enqueue(retried_at_once("j")).await.expect("push");
     let mut worker = c.consume(&["work"], 2).await.expect("consume");
     let first = next_job(&mut worker).await;
     // The lease runs out and the retry comes straight back to this stream, under a new token.
@@ -155,18 +160,7 @@ async fn a_dropped_streams_jobs_come_back_after_their_lease() {
     let c = server.client().await;
     let mut ids = HashSet::new();
     for i in 0..3 {
-        let mut job = new_job("work", format!("job-{i}"));
-        job.options = Some(proto::JobOptions {
-            lease_ms: Some(5_000),
-            retry: Some(proto::RetryPolicy {
-                initial_ms: 0,
-                multiplier: 1.0,
-                max_ms: 0,
-                jitter: proto::Jitter::None.into(),
-            }),
-            ..Default::default()
-        });
-        ids.insert(c.enqueue(job).await.expect("push").id);
+        ids.insert(c.enqueue(retried_at_once(&format!("job-{i}"))).await.expect("push").id);
     }
     let mut crashed = c.consume(&["work"], 3).await.expect("consume");
     let mut held = HashSet::new();
