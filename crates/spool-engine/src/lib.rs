@@ -405,9 +405,13 @@ impl Broker {
                     .reserve(now, &queues, &req.order, req.end, lease, req.count, fx);
                 // A wake-up names one queue, but a reserver woken for it may take from another of its queues (strict
                 // order), or fewer jobs than are ready: whoever waits on a queue that still has jobs is woken too.
-                for queue in &queues {
-                    if locked.state.has_ready(queue) {
-                        wake_one(&mut locked.waiters, queue);
+                // Not after a failure: the job that failed (a payload that cannot be read back) is still ready, and
+                // every waiter woken for it would only fail in turn.
+                if jobs.is_ok() {
+                    for queue in &queues {
+                        if locked.state.has_ready(queue) {
+                            wake_one(&mut locked.waiters, queue);
+                        }
                     }
                 }
                 // Checked under the lock that `shutdown` clears the waiters under, so none registers after it.

@@ -318,6 +318,33 @@ async fn a_payload_that_cannot_be_read_back_fails_alone_and_holds_up_no_other_jo
     assert_eq!(counts(&broker, "default"), (0, 0, 1, 0, 0));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_payload_that_cannot_be_read_back_fails_one_waiter_not_all() {
+    let (broker, clock, store) = mem_broker_with(EngineConfig::default());
+    let delayed = JobOptions {
+        delay_ms: Some(1_000),
+        ..JobOptions::default()
+    };
+    let id = put(&broker, job_with("default", "a", delayed)).await;
+    drop(broker);
+    let store = FailingReads {
+        inner: store,
+        failing: Arc::new(Mutex::new(HashSet::from([id]))),
+    };
+    let broker = Broker::open(Arc::new(store), Arc::new(clock.clone()), EngineConfig::default()).unwrap();
+    let first = parked_reserver(&broker, "default", "nothing is ready yet").await;
+    let second = parked_reserver(&broker, "default", "nothing is ready yet").await;
+    // The job falls due: the first waiter is woken, meets the unreadable payload and fails.
+    clock.advance(1_000);
+    broker.tick();
+    assert_eq!(first.await.unwrap().unwrap_err().code, ErrorCode::Storage);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!second.is_finished(), "the other waiter is not woken only to fail too");
+    second.abort();
+}
+
 #[tokio::test]
 async fn past_the_memory_budget_checkpointed_payloads_are_dropped_and_read_back() {
     let config = EngineConfig {

@@ -469,6 +469,35 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// A connection reads a request in whatever pieces the network gives; resumed read by read, the parser
+        /// reaches the request it would read from the whole, and nothing before it.
+        #[test]
+        fn any_split_of_a_request_parses_as_the_whole(
+            args in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..20), 1..4),
+            cuts in proptest::collection::vec(0usize..100, 0..6),
+        ) {
+            let mut wire = format!("*{}\r\n", args.len()).into_bytes();
+            for arg in &args {
+                wire.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+                wire.extend_from_slice(arg);
+                wire.extend_from_slice(b"\r\n");
+            }
+            let whole = Frame::Array(args.iter().map(|a| Frame::Bulk(Bytes::from(a.clone()))).collect());
+            let limits = Limits { max_bulk_bytes: 64, max_array_len: 8, max_inline_bytes: 64, max_request_bytes: 256 };
+            let mut ends: Vec<usize> = cuts.into_iter().map(|c| c % wire.len()).collect();
+            ends.sort_unstable();
+            let mut partial = Partial::default();
+            for end in ends {
+                proptest::prop_assert_eq!(super::parse(&wire[..end], &limits, &mut partial), Ok(None));
+            }
+            proptest::prop_assert_eq!(
+                super::parse(&wire, &limits, &mut partial),
+                Ok(Some((whole, wire.len())))
+            );
+        }
+    }
+
     #[test]
     fn pipelined_requests_parse_one_at_a_time() {
         let wire = b"*1\r\n$4\r\nPING\r\nPING\r\n";
