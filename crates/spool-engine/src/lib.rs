@@ -408,11 +408,7 @@ impl Broker {
                 // Not after a failure: the job that failed (a payload that cannot be read back) is still ready, and
                 // every waiter woken for it would only fail in turn.
                 if jobs.is_ok() {
-                    for queue in &queues {
-                        if locked.state.has_ready(queue) {
-                            wake_one(&mut locked.waiters, queue);
-                        }
-                    }
+                    wake_for_ready(locked, &queues);
                 }
                 // Checked under the lock that `shutdown` clears the waiters under, so none registers after it.
                 if self.inner.shutting_down.load(Ordering::Acquire) {
@@ -818,12 +814,15 @@ struct Woken<'a> {
 impl Drop for Woken<'_> {
     fn drop(&mut self) {
         if self.rx.try_recv().is_ok() {
-            let mut locked = self.broker.lock();
-            let Locked { state, waiters } = &mut *locked;
-            for queue in self.queues.iter().filter(|q| state.has_ready(q)) {
-                wake_one(waiters, queue);
-            }
+            wake_for_ready(&mut self.broker.lock(), self.queues);
         }
+    }
+}
+
+/// Wakes a waiter of each of `queues` that a reservation would find a job in now.
+fn wake_for_ready(locked: &mut Locked, queues: &[QueueName]) {
+    for queue in queues.iter().filter(|q| locked.state.has_ready(q)) {
+        wake_one(&mut locked.waiters, queue);
     }
 }
 

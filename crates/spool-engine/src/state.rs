@@ -332,6 +332,12 @@ impl State {
         Some(job)
     }
 
+    /// Puts back a job [`State::take`] took, in the place its `seq` gives it, without noting it as newly ready.
+    fn untake(&mut self, job: Arc<Job>) {
+        self.index(&job);
+        self.jobs.insert(job.id, job);
+    }
+
     /// Puts a changed job back, noting a newly ready one.
     fn put(&mut self, job: Arc<Job>, fx: &mut Effects) {
         self.index(&job);
@@ -537,10 +543,7 @@ impl State {
         let mut taken_bytes = 0;
         let mut rng = rand::thread_rng();
         while out.len() < count {
-            let candidates = queues
-                .iter()
-                .enumerate()
-                .filter(|(_, q)| self.queues.get(*q).is_some_and(|q| !q.paused && q.ready.len > 0));
+            let candidates = queues.iter().enumerate().filter(|(_, q)| self.has_ready(q));
             let picked = match order {
                 ReserveOrder::Strict => candidates.map(|(_, q)| q).next(),
                 ReserveOrder::Weighted(weights) => {
@@ -589,8 +592,7 @@ impl State {
                 };
                 Arc::make_mut(&mut slot).seq = self.seq_at(other_end);
                 // Not `put`: the job is not newly ready, and a reserver woken for it would only fail too.
-                self.index(&slot);
-                self.jobs.insert(slot.id, slot);
+                self.untake(slot);
                 if out.is_empty() {
                     return Err(e);
                 }
@@ -599,8 +601,7 @@ impl State {
             // An answer holds at most `max_reserve_bytes` of payloads (always one job): a client refuses a message
             // over its limit, and jobs leased into a refused answer would burn an attempt each without being run.
             if !out.is_empty() && taken_bytes + slot.payload.len() > self.config.max_reserve_bytes {
-                self.index(&slot);
-                self.jobs.insert(slot.id, slot);
+                self.untake(slot);
                 break;
             }
             taken_bytes += slot.payload.len();
