@@ -294,7 +294,11 @@ async fn run(
 ) -> (Option<Applied<Frame>>, Next) {
     let reply =
         |r: Result<Frame, CommandError>| (Some(Applied::done(r.unwrap_or_else(|e| e.to_frame()))), Next::Continue);
-    let arg_bytes: usize = args.iter().map(Bytes::len).sum();
+    // Counted only inside MULTI, the one place it bounds anything (see the queueing arm below).
+    let arg_bytes: usize = match txn {
+        Some(_) => args.iter().map(Bytes::len).sum(),
+        None => 0,
+    };
     let (command, spec) = match Command::from_args(args) {
         Ok(parsed) => parsed,
         Err(e) => {
