@@ -312,6 +312,15 @@ impl ScheduleDef {
         self.trigger != other.trigger || self.start_at != other.start_at || self.end_at != other.end_at
     }
 
+    /// The `since` of a schedule created or re-timed at `now`: ticks before the change are owed to no one, except a
+    /// one-off's own tick, which a definition written after it still means to run (by the catch-up policy).
+    pub fn owed_from(&self, now: TimestampMs) -> TimestampMs {
+        match self.trigger {
+            Trigger::Once { at } => now.min(at.saturating_sub(1)),
+            _ => now,
+        }
+    }
+
     /// The first tick strictly after `t` inside the window.
     pub fn next_tick(&self, trigger: &CompiledTrigger, t: TimestampMs) -> Option<TimestampMs> {
         let from = match self.start_at {
@@ -384,6 +393,10 @@ pub struct Schedule {
     pub def: ScheduleDef,
     /// What has fired.
     pub progress: ScheduleProgress,
+    /// For a schedule from the config file, the `enabled` the file last set: a runtime enable or disable lasts until
+    /// the file's own flag changes. `None` for API schedules, and for records written before this field was kept
+    /// (the definition's flag stands in for it).
+    pub file_enabled: Option<bool>,
 }
 
 /// The unique key of the job a tick enqueues: a second firing of the same tick (however it came about) finds the

@@ -79,6 +79,11 @@ pub struct ScheduleInfo {
     pub history: Vec<FiringInfo>,
 }
 
+/// What a definition says of `Schedule::file_enabled`: its own flag if it comes from the config file.
+fn file_enabled(def: &ScheduleDef) -> Option<bool> {
+    (def.origin == ScheduleOrigin::Config).then_some(def.enabled)
+}
+
 fn no_schedule(name: &str) -> SpoolError {
     SpoolError::not_found(format!("no schedule {name}"))
 }
@@ -157,31 +162,37 @@ impl State {
             (None, PutMode::Update) => return Err(no_schedule(&name)),
             (Some(s), PutMode::Update) if s.def.origin == ScheduleOrigin::Config => return Err(config_owned(&name)),
             (Some(s), _) => {
-                if mode == PutMode::Upsert {
-                    let stored_enabled = ScheduleDef {
-                        enabled: s.def.enabled,
-                        ..def.clone()
-                    };
-                    if stored_enabled == s.def {
+                let file_enabled = file_enabled(&def);
+                if file_enabled.is_some() && s.def.origin == ScheduleOrigin::Config {
+                    // A runtime enable or disable stands while the file's own flag is the one it last applied.
+                    if s.file_enabled.unwrap_or(s.def.enabled) == def.enabled {
+                        def.enabled = s.def.enabled;
+                    }
+                    if def == s.def && s.file_enabled.is_none_or(|f| Some(f) == file_enabled) {
                         return Ok(PutOutcome::Unchanged);
                     }
                 }
-                if s.def.ticks_differ(&def) || (def.enabled && !s.def.enabled) {
-                    // Ticks of the old definition, or ticks that fell while disabled, are not owed to anyone.
+                if s.def.ticks_differ(&def) {
+                    // Ticks of the old definition are not owed to anyone.
+                    s.progress.since = def.owed_from(now);
+                } else if def.enabled && !s.def.enabled {
+                    // Nor are ticks that fell while it was disabled.
                     s.progress.since = now;
                 }
                 std::mem::swap(&mut s.def, &mut def);
+                s.file_enabled = file_enabled;
                 PutOutcome::Changed
             }
             (None, _) => {
                 self.schedules.insert(
                     name.clone(),
                     Schedule {
-                        def,
                         progress: ScheduleProgress {
-                            since: now,
+                            since: def.owed_from(now),
                             ..ScheduleProgress::default()
                         },
+                        file_enabled: file_enabled(&def),
+                        def,
                     },
                 );
                 PutOutcome::Created
@@ -211,6 +222,10 @@ impl State {
         let schedule = self.schedules.get_mut(name).ok_or_else(|| no_schedule(name))?;
         if schedule.def.enabled == enabled {
             return Ok(false);
+        }
+        if schedule.def.origin == ScheduleOrigin::Config && schedule.file_enabled.is_none() {
+            // A record from before `file_enabled` was kept: its flag is still the file's until this toggle.
+            schedule.file_enabled = Some(schedule.def.enabled);
         }
         schedule.def.enabled = enabled;
         if enabled {

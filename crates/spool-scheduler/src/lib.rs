@@ -59,14 +59,25 @@ pub fn plan(schedule: &Schedule, now: TimestampMs) -> Result<Plan, SpoolError> {
         }
         cursor = tick;
         if scanned == MAX_SCAN {
-            // Only the latest `keep` ticks can fire; jump to a little before them at the average spacing seen so
-            // far, counting (approximately) the ticks jumped over as missed.
+            // Only the latest `keep` ticks can fire: jump to a little before them at the average spacing seen so far,
+            // counting (approximately) the ticks jumped over as missed. Spacing varies (a cron busy in office hours
+            // only), so a jump that lands past the last tick is not taken: the distance doubles until one lands
+            // before a tick, or behind the cursor, where the scan just goes on.
             let gap = ((cursor - start) / scanned).max(1);
-            let jump = now.saturating_sub(gap.saturating_mul(keep as u64 + 1));
-            if jump > cursor {
-                count += (jump - cursor) / gap;
-                cursor = jump;
-                due.clear();
+            let last = def.end_at.map_or(now, |end| end.min(now));
+            let mut back = gap.saturating_mul(keep as u64 + 1);
+            loop {
+                let jump = last.saturating_sub(back);
+                if jump <= cursor {
+                    break;
+                }
+                if def.next_tick(&trigger, jump).is_some_and(|t| t <= now) {
+                    count += (jump - cursor) / gap;
+                    cursor = jump;
+                    due.clear();
+                    break;
+                }
+                back = back.saturating_mul(2);
             }
         }
     }

@@ -85,13 +85,13 @@ fn enabled_by_default() -> bool {
 }
 
 fn duration_ms(field: &str, text: &str) -> Result<u64, SpoolError> {
-    humantime::parse_duration(text)
-        .map(|d: Duration| d.as_millis() as u64)
-        .map_err(|e| {
-            SpoolError::invalid(format!(
-                "{field}: {text:?} is not a duration like \"30s\" or \"5m\": {e}"
-            ))
-        })
+    let d: Duration = humantime::parse_duration(text).map_err(|e| {
+        SpoolError::invalid(format!(
+            "{field}: {text:?} is not a duration like \"30s\" or \"5m\": {e}"
+        ))
+    })?;
+    u64::try_from(d.as_millis())
+        .map_err(|_| SpoolError::invalid(format!("{field}: {text:?} is longer than this daemon can count in ms")))
 }
 
 fn instant_ms(field: &str, text: &str) -> Result<TimestampMs, SpoolError> {

@@ -200,6 +200,57 @@ async fn catch_up_policies_after_downtime() {
     assert_eq!(rig.scheduler.run_due().await.unwrap().fired.len(), 1);
 }
 
+/// Runs the scheduler once at `at` after an outage; returns the ticks it enqueued.
+async fn fired_after_outage(rig: &Rig, at: TimestampMs) -> Vec<TimestampMs> {
+    rig.clock.set(at);
+    let report = rig.scheduler.run_due().await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    report.fired.iter().map(|(_, t, _)| *t).collect()
+}
+
+#[tokio::test]
+async fn an_outage_of_more_ticks_than_one_scan_still_fires_the_owed_tick() {
+    // Every second until an end 30 hours on; the daemon is down until an hour past the end: 108,000 ticks missed,
+    // more than one scan takes, and none of them after the point a jump by the average spacing would land on.
+    let start = ms("2026-01-05T00:00:00Z");
+    let end = start + 30 * HOUR;
+    let rig = Rig::new(start);
+    let mut d = def("s", Trigger::Every { every_ms: 1_000 });
+    (d.catch_up, d.end_at) = (CatchUp::One, Some(end));
+    rig.broker.schedule_put(d, PutMode::Create).await.unwrap();
+    assert_eq!(fired_after_outage(&rig, end + HOUR).await, [end]);
+    let info = rig.broker.schedule_get("s").unwrap();
+    assert!(info.history[0].firing.missed_before > 100_000, "{:?}", info.history[0]);
+    assert_eq!(
+        rig.scheduler.next_wake(),
+        None,
+        "nothing left to do: the loop must not spin"
+    );
+
+    // Ticks every 5 s in office hours only, Monday to Friday; down four weeks, back in the evening: the latest tick
+    // is three hours back, far behind where the average spacing (~18 s) puts it.
+    let rig = Rig::new(start);
+    let mut d = def("office", cron("*/5 * 9-17 * * MON-FRI", "UTC"));
+    d.catch_up = CatchUp::One;
+    rig.broker.schedule_put(d, PutMode::Create).await.unwrap();
+    let back = ms("2026-01-30T20:00:00Z");
+    assert_eq!(fired_after_outage(&rig, back).await, [ms("2026-01-30T17:59:55Z")]);
+    assert_eq!(rig.scheduler.next_wake(), Some(ms("2026-02-02T09:00:00Z")));
+}
+
+#[tokio::test]
+async fn a_one_off_created_after_its_time_still_runs_once() {
+    let rig = Rig::new(1_000_000);
+    let once = ScheduleDef::new(
+        "late",
+        ScheduledJob::new(QueueName::new("q").unwrap(), b"x".to_vec()),
+        Trigger::Once { at: 995_000 },
+    );
+    rig.broker.schedule_put(once, PutMode::Create).await.unwrap();
+    assert_eq!(rig.drive(1_003_000, 1_000).await, [995_000]);
+    assert_eq!(rig.job_ticks("q"), [995_000]);
+}
+
 #[tokio::test]
 async fn restarts_clock_steps_and_racing_schedulers_never_double_a_tick() {
     let rig = Rig::new(1_000_000);
@@ -357,6 +408,14 @@ async fn bad_schedules_get_errors_naming_the_field() {
     assert!(validate_specs(&zero)
         .unwrap_err()
         .starts_with("schedules.nightly: every:"));
+    let mut huge = specs.clone();
+    huge[1].cron = None;
+    huge[1].every = Some("600000000y".into());
+    let e = validate_specs(&huge).unwrap_err();
+    assert!(
+        e.starts_with("schedules.nightly: every:") && e.contains("longer"),
+        "{e}"
+    );
     let mut zone = specs.clone();
     zone[1].cron = Some("0 3 * * *".into());
     zone[1].timezone = Some("Europe/Atlantis".into());
@@ -387,6 +446,7 @@ async fn config_schedules_apply_report_changes_and_are_read_only_to_the_api() {
     assert_eq!(rig.scheduler.apply_config(spec("1m")).await.unwrap().unchanged, ["cfg"]);
     assert!(!rig.broker.schedule_get("cfg").unwrap().schedule.def.enabled);
     assert_eq!(rig.scheduler.apply_config(spec("2m")).await.unwrap().changed, ["cfg"]);
+    assert!(!rig.broker.schedule_get("cfg").unwrap().schedule.def.enabled);
     let e = rig
         .broker
         .schedule_delete("cfg", ScheduleOrigin::Api)
@@ -395,6 +455,42 @@ async fn config_schedules_apply_report_changes_and_are_read_only_to_the_api() {
     assert_eq!(e.code, ErrorCode::WrongState);
     assert_eq!(rig.scheduler.apply_config(Vec::new()).await.unwrap().removed, ["cfg"]);
     assert!(rig.broker.schedule_list().is_empty());
+}
+
+#[tokio::test]
+async fn the_files_enabled_flag_wins_when_it_changes_and_a_runtime_toggle_stands_until_then() {
+    let rig = Rig::new(0);
+    let spec = |enabled: bool| -> Vec<ScheduleDef> {
+        let text = format!("name = \"cfg\"\nqueue = \"q\"\nevery = \"1s\"\nenabled = {enabled}\n");
+        validate_specs(&[toml::from_str(&text).unwrap()]).unwrap()
+    };
+    let enabled = |rig: &Rig| rig.broker.schedule_get("cfg").unwrap().schedule.def.enabled;
+    assert_eq!(rig.scheduler.apply_config(spec(true)).await.unwrap().created, ["cfg"]);
+    // The operator sets `enabled = false` in the file and restarts.
+    let rig = rig.restart();
+    assert_eq!(rig.scheduler.apply_config(spec(false)).await.unwrap().changed, ["cfg"]);
+    assert!(!enabled(&rig));
+    assert!(rig.drive(3_000, 1_000).await.is_empty());
+    // Enabled at runtime, it stays enabled while the file still says false.
+    rig.broker.schedule_set_enabled("cfg", true).await.unwrap();
+    let rig = rig.restart();
+    assert_eq!(
+        rig.scheduler.apply_config(spec(false)).await.unwrap().unchanged,
+        ["cfg"]
+    );
+    assert!(enabled(&rig));
+    // The file says true again: already enabled, but the file's new flag is recorded, so a later runtime disable
+    // stands against it.
+    assert_eq!(rig.scheduler.apply_config(spec(true)).await.unwrap().changed, ["cfg"]);
+    rig.broker.schedule_set_enabled("cfg", false).await.unwrap();
+    let rig = rig.restart();
+    assert_eq!(rig.scheduler.apply_config(spec(true)).await.unwrap().unchanged, ["cfg"]);
+    assert!(!enabled(&rig));
+    // And the file's flag flipping to true re-enables it, counting ticks from then.
+    assert_eq!(rig.scheduler.apply_config(spec(false)).await.unwrap().changed, ["cfg"]);
+    assert_eq!(rig.scheduler.apply_config(spec(true)).await.unwrap().changed, ["cfg"]);
+    assert!(enabled(&rig));
+    assert_eq!(rig.drive(5_000, 1_000).await, [4_000, 5_000]);
 }
 
 #[tokio::test(start_paused = true)]

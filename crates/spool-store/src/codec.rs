@@ -10,20 +10,24 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use spool_core::{Job, JobId, QueueName};
+use spool_core::{Job, JobId, QueueName, Schedule};
 
 pub(crate) const JOB_PREFIX: u8 = b'j';
 pub(crate) const QUEUE_PREFIX: u8 = b'q';
 pub(crate) const SCHEDULE_PREFIX: u8 = b's';
 pub(crate) const SCHEMA_KEY: &[u8] = b"mschema";
 /// The layout this build writes. Bump it, and teach `decode` the old one, when a stored type changes shape.
-pub(crate) const SCHEMA_VERSION: u32 = 2;
-/// Schema 1 wrote version 1 job records, which this build still reads (see `JobParts::V1`); opening such a directory
-/// moves it to schema 2, so that an older build refuses it once it may hold version 2 records.
-pub(crate) const SCHEMA_V1: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 3;
+/// Older layouts this build still reads, records unchanged: schema 1 wrote version 1 job records (see
+/// `JobParts::V1`), schemas 1 and 2 version 1 schedule records (see `decode_schedule`). Opening such a directory marks
+/// it with `SCHEMA_VERSION`, so that an older build refuses it once it may hold records of the new versions.
+pub(crate) const SCHEMAS_READ: [u32; 2] = [1, 2];
 const VALUE_VERSION: u8 = 1;
 /// Job records since schema 2: `[2][length of the fields: u32 LE][the job's fields, postcard][payload]`.
 const JOB_VERSION: u8 = 2;
+/// Schedule records since schema 3: `[2][the schedule, postcard]`, ending in `Schedule::file_enabled`, which version
+/// 1 records lack.
+const SCHEDULE_VERSION: u8 = 2;
 
 pub(crate) fn job_key(id: &JobId) -> [u8; 17] {
     let mut key = [0u8; 17];
@@ -156,6 +160,27 @@ pub(crate) fn merge_job(update: &[u8], stored: &[u8]) -> Result<Vec<u8>, String>
     Ok(out)
 }
 
+pub(crate) fn encode_schedule_into(schedule: &Schedule, mut out: Vec<u8>) -> Vec<u8> {
+    out.push(SCHEDULE_VERSION);
+    postcard::to_extend(schedule, out).expect("postcard encoding of a store record")
+}
+
+pub(crate) fn decode_schedule(bytes: &[u8]) -> Result<Schedule, String> {
+    match bytes.split_first() {
+        Some((&SCHEDULE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((&VALUE_VERSION, rest)) => {
+            let (def, progress) = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+            Ok(Schedule {
+                def,
+                progress,
+                file_enabled: None,
+            })
+        }
+        Some((v, _)) => Err(format!("unknown schedule record version {v}")),
+        None => Err("empty value".into()),
+    }
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
         Some((&VALUE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
@@ -248,5 +273,33 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn schedule_records_of_schema_2_are_read_and_the_files_flag_is_kept() {
+        let mut def = spool_core::ScheduleDef::new(
+            "nightly",
+            spool_core::ScheduledJob::new(QueueName::new("q").unwrap(), b"p".to_vec()),
+            spool_core::Trigger::Every { every_ms: 60_000 },
+        );
+        def.origin = spool_core::ScheduleOrigin::Config;
+        let progress = spool_core::ScheduleProgress {
+            since: 7,
+            last_tick: Some(60_000),
+            ..Default::default()
+        };
+        let old = [vec![1], postcard::to_allocvec(&(&def, &progress)).unwrap()].concat();
+        let read = decode_schedule(&old).unwrap();
+        assert_eq!((&read.def, &read.progress, read.file_enabled), (&def, &progress, None));
+
+        let schedule = Schedule {
+            file_enabled: Some(false),
+            ..read
+        };
+        let record = encode_schedule_into(&schedule, Vec::new());
+        assert_eq!(record[0], 2);
+        assert_eq!(decode_schedule(&record).unwrap(), schedule);
+        let e = decode_schedule(&[9, 0]).unwrap_err();
+        assert!(e.contains("version 9"), "{e}");
     }
 }

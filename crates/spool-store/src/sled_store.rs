@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use spool_core::{Job, JobId, QueueName};
 use tokio::sync::oneshot;
 
-use crate::codec::{self, JOB_PREFIX, QUEUE_PREFIX, SCHEDULE_PREFIX, SCHEMA_KEY, SCHEMA_V1, SCHEMA_VERSION};
+use crate::codec::{self, JOB_PREFIX, QUEUE_PREFIX, SCHEDULE_PREFIX, SCHEMAS_READ, SCHEMA_KEY, SCHEMA_VERSION};
 use crate::wal::{self, Net, NetWrites, ReadError, RecordBuf, Segment};
 use crate::{CheckpointListener, Commit, Durability, ListenerSlot, Mutation, QueueRecord, Snapshot, Store, StoreError};
 
@@ -162,7 +162,7 @@ impl SledStore {
             .open()
             .map_err(|e| open_err(e.to_string()))?;
 
-        let mut schema_v1 = false;
+        let mut older_schema = None;
         match db.get(SCHEMA_KEY).map_err(|e| open_err(e.to_string()))? {
             Some(bytes) => {
                 let found = codec::decode::<u32>(&bytes).map_err(|reason| StoreError::Corrupt {
@@ -172,7 +172,7 @@ impl SledStore {
                 })?;
                 match found {
                     SCHEMA_VERSION => {}
-                    SCHEMA_V1 => schema_v1 = true,
+                    older if SCHEMAS_READ.contains(&older) => older_schema = Some(older),
                     _ => {
                         return Err(StoreError::Schema {
                             path,
@@ -214,8 +214,8 @@ impl SledStore {
             StoreError::Write { reason, .. } => open_err(reason),
             other => other,
         })?;
-        if schema_v1 {
-            checkpoint.upgrade_schema_v1()?;
+        if let Some(older) = older_schema {
+            checkpoint.mark_schema(older)?;
         }
         let segment_bytes = config.segment_bytes.max(1);
         wal::remove_partial_spare(&wal_dir).map_err(|e| open_err(e.to_string()))?;
@@ -400,7 +400,7 @@ impl Store for SledStore {
             let (key, value) = entry.map_err(read_err)?;
             snapshot
                 .schedules
-                .push(codec::decode(&value).map_err(|r| self.corrupt(&key, r))?);
+                .push(codec::decode_schedule(&value).map_err(|r| self.corrupt(&key, r))?);
         }
         Ok(snapshot)
     }
@@ -756,15 +756,16 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Marks a schema 1 directory as schema 2, durably, before anything is written to it: its records stay as they
-    /// are (this build reads version 1 job records), and a build that knows only schema 1 refuses it from now on.
-    fn upgrade_schema_v1(&mut self) -> Result<(), StoreError> {
+    /// Marks a directory of an older schema as this build's, durably, before anything is written to it: its records
+    /// stay as they are (this build reads them, see `SCHEMAS_READ`), and a build that knows only the older schema
+    /// refuses it from now on.
+    fn mark_schema(&mut self, older: u32) -> Result<(), StoreError> {
         self.db
             .insert(SCHEMA_KEY, codec::encode(&SCHEMA_VERSION))
             .map_err(|e| self.write_err(e))?;
         self.db.flush().map_err(|e| self.write_err(e))?;
         self.syncer.sync().map_err(|e| self.write_err(e))?;
-        tracing::info!(path = %self.path.display(), "store schema 1 marked as schema 2 (records unchanged)");
+        tracing::info!(path = %self.path.display(), older, schema = SCHEMA_VERSION, "store schema marked as this build's (records unchanged)");
         Ok(())
     }
 

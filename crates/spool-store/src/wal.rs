@@ -68,7 +68,9 @@ impl RecordBuf {
             }
             Mutation::DeleteJob(id) => self.delete(&codec::job_key(&id)),
             Mutation::PutQueue(record) => self.put(&codec::queue_key(record.name.as_str()), &record),
-            Mutation::PutSchedule(schedule) => self.put(&codec::schedule_key(&schedule.def.name), &*schedule),
+            Mutation::PutSchedule(schedule) => self.value(PUT, &codec::schedule_key(&schedule.def.name), |out| {
+                codec::encode_schedule_into(&schedule, out)
+            }),
             Mutation::DeleteSchedule(name) => self.delete(&codec::schedule_key(&name)),
         }
     }

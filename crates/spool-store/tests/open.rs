@@ -238,13 +238,13 @@ async fn a_schema_1_directory_is_read_as_it_is() {
     assert_eq!(with_payloads(&store, loaded), vec![a.clone(), b.clone()]);
     drop(store);
     let schema = sled_after_drop(&data).get(b"mschema").unwrap().unwrap();
-    assert_eq!(&schema[..], &[1, 2], "marked schema 2 (value version 1, postcard 2)");
+    assert_eq!(&schema[..], &[1, 3], "marked schema 3 (value version 1, postcard 3)");
     let again = open_after_drop(SledConfig::new(&data)).unwrap();
     a.state = JobState::Dead;
     assert_eq!(
         with_payloads(&again, again.load().unwrap().jobs),
         vec![a, b],
-        "opened as schema 2"
+        "opened as schema 3"
     );
 }
 
