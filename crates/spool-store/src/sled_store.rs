@@ -787,9 +787,18 @@ struct FileSyncer {
 
 impl FileSyncer {
     fn new(path: &Path) -> std::io::Result<Self> {
-        // The directory entries of `db`, `conf`, `blobs/` and `wal/` were just created; sync the directory once so
-        // they survive too.
+        // sled writes `conf` without a sync when it creates it, and refuses to open a `conf` it cannot read: sync its
+        // contents. The directory entries of `db`, `conf`, `blobs/` and `wal/` were just created; sync the directory
+        // once so they survive too, and the parent's, in which the directory itself may just have been created.
+        File::open(path.join("conf"))?.sync_all()?;
         File::open(path)?.sync_all()?;
+        // The parent may be one the daemon can write into but not read (a bare `/var/lib`-style mount point, say):
+        // a failure there is worth a warning, not a refusal to start.
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Err(e) = File::open(parent).and_then(|dir| dir.sync_all()) {
+                tracing::warn!(dir = %parent.display(), error = %e, "cannot sync the data directory's parent");
+            }
+        }
         Ok(Self {
             log: File::open(path.join("db"))?,
             blobs_dir: path.join("blobs"),
