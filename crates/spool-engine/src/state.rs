@@ -277,7 +277,11 @@ impl State {
 
     fn timer_of(job: &Job) -> Option<TimestampMs> {
         match job.state {
-            JobState::Scheduled | JobState::Retry => job.run_at,
+            // A job that expires before it is due goes at its expiry, releasing its unique key then, not at its run.
+            JobState::Scheduled | JobState::Retry => match (job.run_at, job.expires_at) {
+                (Some(run), Some(expiry)) => Some(run.min(expiry)),
+                (run, _) => run,
+            },
             JobState::Leased => job.lease.map(|l| l.expires_at),
             JobState::Ready => job.expires_at,
             JobState::Dead => None,
@@ -790,6 +794,10 @@ impl State {
             }
             let mut job = self.take(&id).expect("timer refers to a live job");
             match job.state {
+                JobState::Scheduled | JobState::Retry if job.expires_at.is_some_and(|e| e <= now) => {
+                    self.queue_mut(&job.queue).counters.expired += 1;
+                    self.delete(&job, fx);
+                }
                 JobState::Scheduled | JobState::Retry => {
                     let promoted = Arc::make_mut(&mut job);
                     promoted.state = JobState::Ready;

@@ -350,6 +350,34 @@ async fn unreserved_jobs_expire_and_are_counted() {
 }
 
 #[tokio::test]
+async fn a_job_expiring_during_its_backoff_goes_at_its_expiry_and_frees_its_unique_key() {
+    let (broker, clock) = mem_broker();
+    let options = || JobOptions {
+        unique_key: Some("k".into()),
+        ttl_ms: Some(10_000),
+        ..JobOptions::default()
+    };
+    let first = put(&broker, job_with("default", "a", options())).await;
+    let job = take_one(&broker, "default").await;
+    broker
+        .nack(
+            job.id,
+            job.lease.unwrap().token,
+            NackAction::RetryAfter(3_600_000),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(counts(&broker, "default"), (0, 0, 0, 1, 0));
+    clock.advance(20_000);
+    let second = broker.enqueue(job_with("default", "b", options())).await.unwrap();
+    assert!(!second.duplicate, "the expired job no longer holds the key");
+    assert_eq!(broker.get(first).unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(counts(&broker, "default"), (1, 0, 0, 0, 0));
+    assert_eq!(stats(&broker, "default").expired_total, 1);
+}
+
+#[tokio::test]
 async fn lost_leases_retry_with_backoff_then_die() {
     let (broker, clock) = mem_broker();
     let id = put(
