@@ -164,17 +164,23 @@ impl State {
             (Some(s), _) => {
                 let file_enabled = file_enabled(&def);
                 if file_enabled.is_some() && s.def.origin == ScheduleOrigin::Config {
-                    // A runtime enable or disable stands while the file's own flag is the one it last applied.
-                    if s.file_enabled.unwrap_or(s.def.enabled) == def.enabled {
-                        def.enabled = s.def.enabled;
+                    // A runtime enable or disable stands while the file's own flag is the one it last applied. A record
+                    // from before that flag was kept cannot tell a runtime disable from the file's: it stays disabled
+                    // if either says so, rather than start firing again on an upgrade.
+                    match s.file_enabled {
+                        Some(applied) if applied == def.enabled => def.enabled = s.def.enabled,
+                        Some(_) => {}
+                        None => def.enabled &= s.def.enabled,
                     }
                     if def == s.def && s.file_enabled.is_none_or(|f| Some(f) == file_enabled) {
                         return Ok(PutOutcome::Unchanged);
                     }
                 }
                 if s.def.ticks_differ(&def) {
-                    // Ticks of the old definition are not owed to anyone.
+                    // Ticks of the old definition are not owed to anyone. The count restarts (the history stays), so
+                    // a one-off moved before the last tick it fired still runs.
                     s.progress.since = def.owed_from(now);
+                    s.progress.last_tick = None;
                 } else if def.enabled && !s.def.enabled {
                     // Nor are ticks that fell while it was disabled.
                     s.progress.since = now;
@@ -222,10 +228,6 @@ impl State {
         let schedule = self.schedules.get_mut(name).ok_or_else(|| no_schedule(name))?;
         if schedule.def.enabled == enabled {
             return Ok(false);
-        }
-        if schedule.def.origin == ScheduleOrigin::Config && schedule.file_enabled.is_none() {
-            // A record from before `file_enabled` was kept: its flag is still the file's until this toggle.
-            schedule.file_enabled = Some(schedule.def.enabled);
         }
         schedule.def.enabled = enabled;
         if enabled {

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spool_core::{
-    CatchUp, Clock, ErrorCode, FiringKind, ManualClock, Overlap, QueueName, ScheduleDef, ScheduleOrigin, ScheduledJob,
-    TimestampMs, Trigger,
+    CatchUp, Clock, ErrorCode, FiringKind, ManualClock, Overlap, QueueName, Schedule, ScheduleDef, ScheduleOrigin,
+    ScheduleProgress, ScheduledJob, TimestampMs, Trigger,
 };
 use spool_engine::{Broker, End, EngineConfig, FireOutcome, PutMode, ReserveRequest, RunOutcome};
 use spool_scheduler::{validate_specs, ScheduleSpec, Scheduler};
-use spool_store::MemStore;
+use spool_store::{MemStore, Mutation, Store};
 
 const HOUR: u64 = 3_600_000;
 
@@ -249,6 +249,15 @@ async fn a_one_off_created_after_its_time_still_runs_once() {
     rig.broker.schedule_put(once, PutMode::Create).await.unwrap();
     assert_eq!(rig.drive(1_003_000, 1_000).await, [995_000]);
     assert_eq!(rig.job_ticks("q"), [995_000]);
+
+    // Moved to a time before the tick it already fired, it runs again, once.
+    let moved = ScheduleDef::new(
+        "late",
+        ScheduledJob::new(QueueName::new("q").unwrap(), b"x".to_vec()),
+        Trigger::Once { at: 990_000 },
+    );
+    rig.broker.schedule_put(moved, PutMode::Update).await.unwrap();
+    assert_eq!(rig.drive(1_006_000, 1_000).await, [990_000]);
 }
 
 #[tokio::test]
@@ -491,6 +500,23 @@ async fn the_files_enabled_flag_wins_when_it_changes_and_a_runtime_toggle_stands
     assert_eq!(rig.scheduler.apply_config(spec(true)).await.unwrap().changed, ["cfg"]);
     assert!(enabled(&rig));
     assert_eq!(rig.drive(5_000, 1_000).await, [4_000, 5_000]);
+
+    // A record from before the file's flag was kept, disabled: the file's `true` does not turn it back on.
+    let store = MemStore::new();
+    let mut old = spec(true).remove(0);
+    old.enabled = false;
+    let record = Schedule {
+        def: old,
+        progress: ScheduleProgress::default(),
+        file_enabled: None,
+    };
+    store
+        .submit(vec![Mutation::PutSchedule(Box::new(record))])
+        .await
+        .unwrap();
+    let rig = Rig::over(store, ManualClock::new(0), EngineConfig::default());
+    assert_eq!(rig.scheduler.apply_config(spec(true)).await.unwrap().unchanged, ["cfg"]);
+    assert!(!enabled(&rig));
 }
 
 #[tokio::test(start_paused = true)]
