@@ -273,10 +273,38 @@ pub struct QueueOverrides {
     pub lease: Option<Duration>,
     /// Reservations before dead-lettering.
     pub max_attempts: Option<u32>,
-    /// Retry backoff (the whole table replaces the default's).
-    pub backoff: Option<BackoffSection>,
+    /// Retry backoff: each key given overrides that key of `[queue_defaults.backoff]`.
+    pub backoff: BackoffOverrides,
     /// Start paused.
     pub paused: Option<bool>,
+}
+
+/// `[queues.NAME.backoff]`: each key overrides that of `[queue_defaults.backoff]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackoffOverrides {
+    /// First retry delay.
+    #[serde(deserialize_with = "optional_human_duration")]
+    pub initial: Option<Duration>,
+    /// Growth per failure.
+    pub multiplier: Option<f64>,
+    /// Cap.
+    #[serde(deserialize_with = "optional_human_duration")]
+    pub max: Option<Duration>,
+    /// `full`, `equal` or `none`.
+    pub jitter: Option<Jitter>,
+}
+
+impl BackoffOverrides {
+    /// `defaults` with these keys in place of its own.
+    fn over(&self, defaults: RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            initial_ms: self.initial.map_or(defaults.initial_ms, |d| d.as_millis() as u64),
+            multiplier: self.multiplier.unwrap_or(defaults.multiplier),
+            max_ms: self.max.map_or(defaults.max_ms, |d| d.as_millis() as u64),
+            jitter: self.jitter.unwrap_or(defaults.jitter),
+        }
+    }
 }
 
 /// `[resp]`.
@@ -402,16 +430,26 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        let applied = apply_env(&mut table, env).map_err(|message| ConfigError {
+        let mut applied = apply_env(&mut table, env).map_err(|message| ConfigError {
             source_name: "environment".into(),
             message,
         })?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let config: Config = loop {
+            let e = match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+                Ok(config) => break config,
+                Err(e) => e,
+            };
             let key = e.path().to_string();
+            // `SPOOL_AUTH__TOKEN=12345678` read as a number where the key wants text: it is the text.
+            if let Some(var) = applied.iter_mut().find(|a| a.key == key && !a.text) {
+                var.text = true;
+                set_key(&mut table, &var.path, toml::Value::String(var.raw.clone())).expect("set before");
+                continue;
+            }
             let from_env = applied
                 .iter()
-                .any(|k| key.starts_with(k.as_str()) || k.starts_with(&key));
-            ConfigError {
+                .any(|a| key.starts_with(a.key.as_str()) || a.key.starts_with(&key));
+            return Err(ConfigError {
                 source_name: if from_env {
                     "environment".into()
                 } else {
@@ -419,8 +457,8 @@ impl Config {
                 },
                 // toml repeats the key on a last line ("in `storage.durability`"); we already lead with it.
                 message: format!("{key}: {}", e.inner().to_string().lines().next().unwrap_or_default()),
-            }
-        })?;
+            });
+        };
         config.validate().map_err(err)?;
         Ok(config)
     }
@@ -462,6 +500,16 @@ impl Config {
                 "resp: max_connections, max_bulk_bytes, max_array_len and max_inline_bytes must be at least 1".into(),
             );
         }
+        // Above the payload limit, so that a push of a payload too large gets `TOOBIG` and the connection lives on,
+        // instead of a protocol error that closes it.
+        if resp.enabled && resp.max_bulk_bytes <= self.limits.max_payload_bytes {
+            return Err(format!(
+                "resp.max_bulk_bytes: must be more than limits.max_payload_bytes ({}), or a payload too large closes \
+                 the connection instead of getting TOOBIG",
+                self.limits.max_payload_bytes
+            ));
+        }
+        check_log_level(&self.log.level)?;
         // It travels in an HTTP header (`authorization: Bearer <token>`), which cannot carry spaces or control bytes.
         if !self.auth.token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("auth.token: must be printable ASCII without spaces (it is sent in an HTTP header)".into());
@@ -499,7 +547,7 @@ impl Config {
             let settings = QueueSettings {
                 lease_ms: o.lease.map_or(defaults.lease_ms, |d| d.as_millis() as u64),
                 max_attempts: o.max_attempts.unwrap_or(defaults.max_attempts),
-                retry: o.backoff.as_ref().map_or(defaults.retry, RetryPolicy::from),
+                retry: o.backoff.over(defaults.retry),
                 paused: o.paused.unwrap_or(defaults.paused),
             };
             settings
@@ -525,11 +573,41 @@ impl Config {
     }
 }
 
+/// A tracing filter treats any word as a target name, so a misspelt level (`inof`) would silently log nothing at all:
+/// the filter must parse, and must let Spool's own lines through (a level on its own, or a `spool…` target).
+fn check_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| format!("log.level: {level:?}: {e}"))?;
+    let reaches_spool = level.split(',').map(str::trim).any(|directive| {
+        let target = directive.split('=').next().unwrap_or_default();
+        LEVELS.contains(&directive.to_ascii_lowercase().as_str()) || target.starts_with("spool")
+    });
+    if reaches_spool {
+        Ok(())
+    } else {
+        Err(format!(
+            "log.level: {level:?} sets no level for Spool's own logs: give one of {} (alone or after other \
+             directives, e.g. \"tower=debug,info\") or a spool target (\"spool_engine=debug\")",
+            LEVELS.join(", ")
+        ))
+    }
+}
+
+/// One `SPOOL_A__B=value` variable, as applied.
+struct EnvKey {
+    /// `a.b`.
+    key: String,
+    path: Vec<String>,
+    raw: String,
+    /// Whether it went in as a string (it did not read as another TOML value, or it was retried as text).
+    text: bool,
+}
+
 /// Applies `SPOOL_A__B=value` as `a.b = value`. A value that parses as a TOML value (number, bool, array, inline
 /// table, quoted string) is taken as such; anything else is a string, so `SPOOL_RESP__LISTEN=0.0.0.0:6379` works
-/// without quotes. Variables without `__` (`SPOOL_CONFIG`, `SPOOL_DATA_DIR`) belong to command-line flags. Returns the
-/// dotted keys that were set.
-fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<Vec<String>, String> {
+/// without quotes (and `Config::load` retries a number or bool as text where a key wants text: a numeric password).
+/// Variables without `__` (`SPOOL_CONFIG`, `SPOOL_DATA_DIR`) belong to command-line flags.
+fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<Vec<EnvKey>, String> {
     let mut applied = Vec::new();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("SPOOL_") else {
@@ -547,21 +625,33 @@ fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, Str
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(raw.clone()));
-        let (last, parents) = path.split_last().expect("at least two segments");
-        let mut node = &mut *table;
-        for segment in parents {
-            node = match node
-                .entry(segment.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            {
-                toml::Value::Table(t) => t,
-                _ => return Err(format!("{name}: {segment} is not a table")),
-            };
-        }
-        node.insert(last.clone(), value);
-        applied.push(path.join("."));
+        let text = value.is_str();
+        set_key(table, &path, value).map_err(|segment| format!("{name}: {segment} is not a table"))?;
+        applied.push(EnvKey {
+            key: path.join("."),
+            path,
+            raw,
+            text,
+        });
     }
     Ok(applied)
+}
+
+/// Sets the key at `path`, making tables on the way; fails with the segment that is not a table.
+fn set_key(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().expect("at least two segments");
+    let mut node = table;
+    for segment in parents {
+        node = match node
+            .entry(segment.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(t) => t,
+            _ => return Err(segment.clone()),
+        };
+    }
+    node.insert(last.clone(), value);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -624,6 +714,42 @@ mod tests {
         let engine = c.engine_config().unwrap();
         let emails = &engine.queues[&QueueName::new("emails").unwrap()];
         assert_eq!((emails.lease_ms, emails.max_attempts), (10_000, 3));
+
+        // A secret that reads as a number (or a bool) is still the text it was given.
+        for (key, value) in [("SPOOL_AUTH__TOKEN", "12345678"), ("SPOOL_RESP__PASSWORD", "true")] {
+            let c = Config::load(None, [(key.to_string(), value.to_string())]).unwrap();
+            assert_eq!(
+                if key.contains("AUTH") {
+                    &c.auth.token
+                } else {
+                    &c.resp.password
+                },
+                value
+            );
+        }
+        // ... but a number where a number is wanted is still checked as one.
+        let env = [("SPOOL_RESP__MAX_CONNECTIONS".to_string(), "12abc".to_string())];
+        assert!(Config::load(None, env).is_err());
+    }
+
+    #[test]
+    fn a_queues_backoff_keys_fall_back_to_the_defaults_one_by_one() {
+        let f = write(
+            "[queue_defaults.backoff]\ninitial = \"60s\"\njitter = \"none\"\n[queues.x]\nbackoff = { max = \"2h\" }\n",
+        );
+        let env = [("SPOOL_QUEUES__Y__BACKOFF__MULTIPLIER".to_string(), "3".to_string())];
+        let engine = Config::load(Some(f.path()), env).unwrap().engine_config().unwrap();
+        let retry = |q: &str| engine.queues[&QueueName::new(q).unwrap()].retry;
+        let x = retry("x");
+        assert_eq!(
+            (x.initial_ms, x.multiplier, x.max_ms, x.jitter),
+            (60_000, 2.0, 7_200_000, Jitter::None)
+        );
+        let y = retry("y");
+        assert_eq!(
+            (y.initial_ms, y.multiplier, y.max_ms, y.jitter),
+            (60_000, 3.0, 3_600_000, Jitter::None)
+        );
     }
 
     #[test]
@@ -645,6 +771,10 @@ mod tests {
             ("SPOOL_LIMITS__MAX_RESERVE_BYTES", "0", "max_reserve_bytes"),
             ("SPOOL_LIMITS__MAX_PAYLOAD_BYTES", "4194304", "grpc.max_message_bytes"),
             ("SPOOL_AUTH__TOKEN", "\"two words\"", "auth.token"),
+            ("SPOOL_RESP__MAX_BULK_BYTES", "1048576", "resp.max_bulk_bytes"),
+            ("SPOOL_LOG__LEVEL", "inof", "log.level"),
+            ("SPOOL_LOG__LEVEL", "tower=debug", "log.level"),
+            ("SPOOL_LOG__LEVEL", "info,=", "log.level"),
         ] {
             let e = Config::load(None, [(key.to_string(), value.to_string())])
                 .unwrap_err()
@@ -653,12 +783,17 @@ mod tests {
         }
         let grpc_off = [
             ("SPOOL_LIMITS__MAX_PAYLOAD_BYTES".to_string(), "4194304".to_string()),
+            ("SPOOL_RESP__MAX_BULK_BYTES".to_string(), "8388608".to_string()),
             ("SPOOL_GRPC__ENABLED".to_string(), "false".to_string()),
         ];
         assert!(
             Config::load(None, grpc_off).is_ok(),
             "the gRPC limit matters only with gRPC on"
         );
+        for level in ["debug", "spool_engine=debug", "tower=warn,INFO", "off"] {
+            let env = [("SPOOL_LOG__LEVEL".to_string(), level.to_string())];
+            assert!(Config::load(None, env).is_ok(), "{level}");
+        }
     }
 
     #[test]
