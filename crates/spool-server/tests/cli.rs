@@ -206,6 +206,14 @@ fn operator_subcommands_over_grpc() {
         "report v2",
         "--every",
         "1h",
+        "--max-attempts",
+        "3",
+        "--lease",
+        "2m",
+        "--start",
+        "2026-01-01T00:00:00Z",
+        "--end",
+        "2099-01-01T00:00:00Z",
     ]);
     assert_eq!(updated["updated"], true);
     let shown = daemon.json(&["schedule", "show", "nightly"]);
@@ -216,6 +224,20 @@ fn operator_subcommands_over_grpc() {
             shown["overlap"].as_str()
         ),
         (Some(3_600_000), Some("report v2"), Some("allow"))
+    );
+    assert_eq!(
+        (
+            shown["max_attempts"].as_u64(),
+            shown["lease_ms"].as_u64(),
+            shown["start_at_ms"].as_u64(),
+            shown["end_at_ms"].as_u64()
+        ),
+        (Some(3), Some(120_000), Some(1_767_225_600_000), Some(4_070_908_800_000))
+    );
+    let table = text(&daemon.spool(Some("tok"), &["schedule", "show", "nightly"]));
+    assert!(
+        table.contains("max_attempts=3 lease_ms=120000") && table.contains("from 2026-01-01"),
+        "{table}"
     );
     let missing = daemon.spool(
         Some("tok"),

@@ -223,6 +223,18 @@ pub struct CreateSchedule {
     /// Each job becomes ready a random 0..jitter after its tick, e.g. `5s`.
     #[arg(long, value_parser = humantime::parse_duration)]
     jitter: Option<Duration>,
+    /// Reservations of a run's job before it is dead-lettered (default: the queue's).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Lease of each reservation of a run's job, e.g. `2m` (default: the queue's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease: Option<Duration>,
+    /// No run before this time: RFC 3339 or ms since the epoch (also where --every counts from).
+    #[arg(long, value_parser = parse_time)]
+    start: Option<u64>,
+    /// No run after this time: RFC 3339 or ms since the epoch.
+    #[arg(long, value_parser = parse_time)]
+    end: Option<u64>,
     /// A header `KEY=VALUE` (repeatable).
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<(String, String)>,
@@ -493,6 +505,10 @@ fn schedule_def(create: CreateSchedule) -> (proto::ScheduleDef, Connection) {
         priority,
         ttl,
         jitter,
+        max_attempts,
+        lease,
+        start,
+        end,
         headers,
         disabled,
         conn,
@@ -504,8 +520,9 @@ fn schedule_def(create: CreateSchedule) -> (proto::ScheduleDef, Connection) {
             payload: payload.into_bytes(),
             priority,
             ttl_ms: ttl.map(ms),
+            max_attempts,
+            lease_ms: lease.map(ms),
             headers: headers.into_iter().collect::<HashMap<_, _>>(),
-            ..Default::default()
         }),
         trigger: Some(when.trigger(tz)),
         catch_up: match catch_up {
@@ -523,8 +540,9 @@ fn schedule_def(create: CreateSchedule) -> (proto::ScheduleDef, Connection) {
         }
         .into(),
         jitter_ms: jitter.map_or(0, ms),
+        start_at_ms: start,
+        end_at_ms: end,
         enabled: Some(!disabled),
-        ..Default::default()
     };
     (def, conn)
 }

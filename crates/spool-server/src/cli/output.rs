@@ -267,11 +267,39 @@ fn schedule_json(s: &proto::Schedule) -> Value {
         "name": def.name, "queue": job.queue, "payload": String::from_utf8_lossy(&job.payload),
         "trigger": trigger_json(&def), "catch_up": word(def.catch_up().as_str_name(), "CATCH_UP_"),
         "catch_up_limit": def.catch_up_limit, "overlap": word(def.overlap().as_str_name(), "OVERLAP_"),
-        "priority": job.priority, "ttl_ms": job.ttl_ms, "jitter_ms": def.jitter_ms, "headers": job.headers,
+        "priority": job.priority, "ttl_ms": job.ttl_ms, "max_attempts": job.max_attempts, "lease_ms": job.lease_ms,
+        "jitter_ms": def.jitter_ms, "headers": job.headers,
         "start_at_ms": def.start_at_ms, "end_at_ms": def.end_at_ms, "enabled": def.enabled.unwrap_or(true),
         "origin": word(s.origin().as_str_name(), "SCHEDULE_ORIGIN_"), "last_tick_at_ms": s.last_tick_at_ms,
         "next_tick_at_ms": s.next_tick_at_ms, "history": s.history.iter().map(firing_json).collect::<Vec<_>>(),
     })
+}
+
+/// `from … until …` of a schedule's start and end, or `-`.
+fn window_text(def: &proto::ScheduleDef) -> String {
+    match (def.start_at_ms, def.end_at_ms) {
+        (None, None) => "-".into(),
+        (start, end) => format!(
+            "from {} until {}",
+            start.map_or("-".into(), time),
+            end.map_or("-".into(), time)
+        ),
+    }
+}
+
+/// A run's job options that are set, as `key=value` words; unset ones take the queue's.
+fn job_text(value: &Value) -> String {
+    let words: Vec<String> = ["priority", "max_attempts", "lease_ms", "ttl_ms", "jitter_ms"]
+        .into_iter()
+        // jitter_ms is always present (0: none); the others are absent (null) when unset.
+        .filter(|key| value[key].as_u64().is_some_and(|v| v > 0 || *key != "jitter_ms"))
+        .map(|key| format!("{key}={}", value[key]))
+        .collect();
+    if words.is_empty() {
+        "queue defaults".into()
+    } else {
+        words.join(" ")
+    }
 }
 
 pub fn schedules(schedules: &[proto::Schedule], json: bool) {
@@ -324,6 +352,8 @@ pub fn schedule(s: &proto::Schedule, json: bool) {
         ("origin", value["origin"].as_str().unwrap_or_default().to_string()),
         ("catch-up", value["catch_up"].as_str().unwrap_or_default().to_string()),
         ("overlap", value["overlap"].as_str().unwrap_or_default().to_string()),
+        ("window", window_text(&def)),
+        ("job", job_text(&value)),
         ("last tick", s.last_tick_at_ms.map_or("-".into(), time)),
         ("next run", s.next_tick_at_ms.map_or("-".into(), time)),
         ("payload", value["payload"].as_str().unwrap_or_default().to_string()),
