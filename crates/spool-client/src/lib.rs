@@ -15,7 +15,7 @@ use spool_core::ErrorCode;
 use spool_proto::v1::spool_client::SpoolClient;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -24,6 +24,8 @@ pub use consumer::{Consumer, Event};
 pub use spool_core::ErrorCode as SpoolErrorCode;
 /// The wire types (`Job`, `NewJob`, `JobOptions`, `QueueStats`, …), re-exported so callers need no other crate.
 pub use spool_proto::v1 as proto;
+/// The gRPC status code in [`ClientError`].
+pub use tonic::Code;
 
 /// The broker address used when none is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -186,9 +188,14 @@ pub struct Client {
 type Result<T> = std::result::Result<T, ClientError>;
 
 impl Client {
-    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`), failing fast if it is unreachable.
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`; without a scheme, `http://` is meant), failing fast if
+    /// it is unreachable.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Client> {
-        let endpoint = endpoint.into();
+        let mut endpoint = endpoint.into();
+        // `127.0.0.1:50051`, as the daemon's own `grpc.listen` is written, means plain HTTP/2.
+        if !endpoint.contains("://") {
+            endpoint.insert_str(0, "http://");
+        }
         let connect_error = |message: String| ClientError::Connect {
             endpoint: endpoint.clone(),
             message,

@@ -94,7 +94,23 @@ fn operator_subcommands_over_grpc() {
 
     let refused = daemon.spool(None, &["queues"]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("Unauthenticated") && stderr.contains("--token"),
+        "{stderr}"
+    );
+    // An address as `grpc.listen` writes it, without a scheme, is plain HTTP/2.
+    let bare = daemon.url.trim_start_matches("http://").to_string();
+    let health = Command::new(SPOOL)
+        .args(["healthcheck", "--server", &bare])
+        .output()
+        .expect("run spool");
+    assert_eq!(
+        text(&health).trim(),
+        "SERVING",
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
     let wrong = daemon.spool(Some("nope"), &["enqueue", "emails", "x"]);
     assert!(!wrong.status.success());
 

@@ -355,6 +355,16 @@ pub fn run(command: ClientCommand) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            let unauthenticated = matches!(
+                e.downcast_ref::<spool_client::ClientError>(),
+                Some(spool_client::ClientError::Rpc {
+                    status: spool_client::Code::Unauthenticated,
+                    ..
+                })
+            );
+            if unauthenticated {
+                eprintln!("hint: give the broker's [auth] token with --token or SPOOL_TOKEN");
+            }
             ExitCode::FAILURE
         }
     }
