@@ -459,7 +459,22 @@ impl Config {
                 message: format!("{key}: {}", e.inner().to_string().lines().next().unwrap_or_default()),
             });
         };
-        config.validate().map_err(err)?;
+        config.validate().map_err(|message| {
+            // Messages lead with the key they refuse (`resp.max_bulk_bytes: …`, `queues.x: …`, `resp: …`): blame the
+            // environment when a variable set it, or something under it.
+            let key = message.split(':').next().unwrap_or_default();
+            let from_env = applied
+                .iter()
+                .any(|a| a.key == key || a.key.starts_with(&format!("{key}.")));
+            ConfigError {
+                source_name: if from_env {
+                    "environment".into()
+                } else {
+                    origin.to_string()
+                },
+                message,
+            }
+        })?;
         Ok(config)
     }
 
@@ -834,5 +849,13 @@ mod tests {
         let env = [("SPOOL_STORAGE__CACHE_MB".to_string(), "lots".to_string())];
         let e = Config::load(None, env).unwrap_err().to_string();
         assert!(e.starts_with("environment") && e.contains("storage.cache_mb"), "{e}");
+        // Checks past parsing blame the environment too when a variable set the key.
+        let f = write("[storage]\ndurability = \"always\"\n");
+        let env = [("SPOOL_RESP__MAX_CONNECTIONS".to_string(), "0".to_string())];
+        let e = Config::load(Some(f.path()), env).unwrap_err().to_string();
+        assert!(e.starts_with("environment: resp:"), "{e}");
+        let env = [("SPOOL_QUEUES__X__LEASE".to_string(), "0s".to_string())];
+        let e = Config::load(Some(f.path()), env).unwrap_err().to_string();
+        assert!(e.starts_with("environment: queues.x:"), "{e}");
     }
 }

@@ -16,7 +16,11 @@ use config::{Config, LogFormat};
 
 /// Spool: a durable task-queue broker.
 #[derive(Debug, Parser)]
-#[command(name = "spool", version, about)]
+#[command(
+    name = "spool",
+    version,
+    about = "Spool, a durable task-queue broker: run it (`spool serve`), check its config, or drive a running one over gRPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
