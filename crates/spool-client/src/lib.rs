@@ -131,7 +131,7 @@ impl Nack {
     fn request(self, id: &str, token: u64, error: Option<String>) -> proto::NackRequest {
         let (action, delay_ms) = match self {
             Nack::Retry => (proto::NackAction::Retry, None),
-            Nack::RetryAfter(d) => (proto::NackAction::Retry, Some(d.as_millis() as u64)),
+            Nack::RetryAfter(d) => (proto::NackAction::Retry, Some(millis(d))),
             Nack::Dead => (proto::NackAction::Dead, None),
         };
         proto::NackRequest {
@@ -257,7 +257,7 @@ impl Client {
             queues: queues.iter().map(|q| q.to_string()).collect(),
             weights: Vec::new(),
             count,
-            timeout_ms: timeout.as_millis() as u64,
+            timeout_ms: millis(timeout),
         })
         .await
     }
@@ -313,7 +313,7 @@ impl Client {
         let request = self.request(proto::ExtendRequest {
             id: id.to_string(),
             token,
-            lease_ms: lease.map(|d| d.as_millis() as u64),
+            lease_ms: lease.map(millis),
         });
         Ok(self.rpc.clone().extend(request).await?.into_inner().expires_at_ms)
     }
@@ -472,6 +472,12 @@ impl Client {
             .await?;
         Ok(response.into_inner().status == ServingStatus::Serving as i32)
     }
+}
+
+/// A duration in ms for the wire; one too long for a u64 becomes the largest, which the broker refuses as out of
+/// range rather than taking a wrapped-around small value.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn missing(field: &str) -> ClientError {

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use spool_core::{JobId, SpoolError};
+use spool_core::{ErrorCode, JobId, SpoolError};
 use spool_engine::{ReserveOrder, ReserveRequest};
 use spool_proto::v1::{self, consume_request::Kind, consume_response};
 use spool_proto::{parse_job_id, require_token};
@@ -53,15 +53,18 @@ struct Session {
     held: HashSet<(JobId, u64)>,
 }
 
-/// Runs until the worker closes its side or the connection breaks (`Ok`), or until the stream must end with a
-/// status (`Err`: a protocol error, an engine error on reserve, shutdown).
+/// Runs until the worker closes its side (`Ok`), or until the stream must end with a status (`Err`: a message that
+/// does not decode or is too large, a protocol error, an engine error on reserve, shutdown).
 async fn run(service: SpoolService, mut inbound: Streaming<v1::ConsumeRequest>, out: &Outbound) -> Result<(), Status> {
     let mut stop = service.stop.clone();
     let first = tokio::select! {
         _ = stopped(&mut stop) => return Err(shutting_down()),
         first = inbound.next() => match first {
             Some(Ok(message)) => message,
-            Some(Err(_)) | None => return Ok(()),
+            // A message that does not decode or is over the size limit: the worker hears why (and if the
+            // connection broke instead, the status goes nowhere).
+            Some(Err(status)) => return Err(status),
+            None => return Ok(()),
         },
     };
     let Some(Kind::Start(start)) = first.kind else {
@@ -98,8 +101,10 @@ async fn run(service: SpoolService, mut inbound: Streaming<v1::ConsumeRequest>, 
                         return Ok(());
                     }
                 }
-                // The worker closed its side or the connection broke: leases run out on their own.
-                Some(Err(_)) | None => return Ok(()),
+                // A bad message ends the stream with its status; either way, leases run out on their own.
+                Some(Err(status)) => return Err(status),
+                // The worker closed its side.
+                None => return Ok(()),
             },
             // Cancel-safe: a leasing reserve either takes its jobs and returns within one poll, or holds none.
             jobs = reserve => {
@@ -122,6 +127,19 @@ async fn run(service: SpoolService, mut inbound: Streaming<v1::ConsumeRequest>, 
 }
 
 impl Session {
+    /// Gives a delivery's credit back once the worker no longer holds the job: acked or nacked, or no longer its own
+    /// (`LEASELOST`, `NOTFOUND`). A refusal that leaves the job leased to it (`INVALID`, `STORAGE`, `SHUTDOWN`)
+    /// keeps the credit taken, so the stream never holds more jobs than its credits.
+    fn settled(&mut self, delivery: (JobId, u64), result: &Result<(), SpoolError>) {
+        let gone = match result {
+            Ok(()) => true,
+            Err(e) => matches!(e.code, ErrorCode::LeaseLost | ErrorCode::NotFound),
+        };
+        if gone {
+            self.held.remove(&delivery);
+        }
+    }
+
     fn grant(&mut self, credits: u32, max: usize) -> Result<(), SpoolError> {
         let total = self.credits + credits as usize;
         if credits == 0 || total > max {
@@ -146,9 +164,9 @@ impl Session {
             Some(Kind::Credit(c)) => self.grant(c.credits, service.max_batch),
             Some(Kind::Ack(ack)) => match (parse_job_id("ack.id", &ack.id), require_token("ack.token", ack.token)) {
                 (Ok(id), Ok(token)) => {
-                    // Settled either way: after a LEASELOST the worker no longer holds that delivery, so its credit is free.
-                    self.held.remove(&(id, token));
-                    service.broker.ack(id, token).await
+                    let result = service.broker.ack(id, token).await;
+                    self.settled((id, token), &result);
+                    result
                 }
                 (Err(e), _) | (_, Err(e)) => Err(e),
             },
@@ -158,8 +176,9 @@ impl Session {
                 nack_action(&nack),
             ) {
                 (Ok(id), Ok(token), Ok(action)) => {
-                    self.held.remove(&(id, token));
-                    service.broker.nack(id, token, action, nack.error).await
+                    let result = service.broker.nack(id, token, action, nack.error).await;
+                    self.settled((id, token), &result);
+                    result
                 }
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
             },

@@ -126,6 +126,41 @@ async fn credits_cap_what_a_worker_holds_and_settling_frees_them() {
 }
 
 #[tokio::test]
+async fn a_refused_settlement_keeps_the_credit_and_a_message_over_the_limit_ends_the_stream_with_its_status() {
+    let server = common::start().await;
+    let c = server.client().await;
+    for i in 0..2 {
+        c.enqueue(new_job("work", format!("job-{i}"))).await.expect("push");
+    }
+    let mut worker = c.consume(&["work"], 1).await.expect("consume");
+    let a = next_job(&mut worker).await;
+    // A retry delay past the engine's bound is refused; the job stays leased to this worker, so its credit stays
+    // taken: the extend's result comes before any second job.
+    let nack = worker
+        .nack(&a.id, token(&a), Nack::RetryAfter(Duration::from_secs(1 << 40)), None)
+        .await
+        .expect("send");
+    let e = next_result(&mut worker, nack).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Invalid));
+    let extend = worker.extend(&a.id, token(&a), None).await.expect("send");
+    next_result(&mut worker, extend).await.expect("still held");
+    let ack = worker.ack(&a.id, token(&a)).await.expect("send");
+    next_result(&mut worker, ack).await.expect("acked");
+    let b = next_job(&mut worker).await;
+    assert_eq!(b.payload, b"job-1");
+
+    // A message over `max_message_bytes` (4 MiB here) ends the stream with OUT_OF_RANGE, not a clean close.
+    let huge = "x".repeat(5 * 1024 * 1024);
+    worker.nack(&b.id, token(&b), Nack::Retry, Some(huge)).await.expect("send");
+    match worker.next().await {
+        Some(Err(e)) => assert!(e.to_string().contains("OutOfRange"), "{e}"),
+        other => panic!("expected the stream to end with an error, got {other:?}"),
+    }
+    drop(worker);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_job_redelivered_to_the_same_stream_takes_a_credit_per_delivery() {
     let server = common::start().await;
     let c = server.client().await;
