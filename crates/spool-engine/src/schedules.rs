@@ -7,7 +7,7 @@
 use rand::Rng;
 use spool_core::{
     tick_unique_key, ErrorCode, Firing, FiringKind, JobId, JobOptions, JobState, Overlap, Schedule, ScheduleDef,
-    ScheduleOrigin, ScheduleProgress, SpoolError, TimestampMs,
+    ScheduleOrigin, ScheduleProgress, SpoolError, TimestampMs, Trigger,
 };
 use spool_store::Mutation;
 
@@ -172,15 +172,19 @@ impl State {
                         Some(_) => {}
                         None => def.enabled &= s.def.enabled,
                     }
-                    if def == s.def && s.file_enabled.is_none_or(|f| Some(f) == file_enabled) {
+                    // (An older record is written once, to keep the file's flag from now on.)
+                    if def == s.def && s.file_enabled == file_enabled {
                         return Ok(PutOutcome::Unchanged);
                     }
                 }
-                if s.def.ticks_differ(&def) {
-                    // Ticks of the old definition are not owed to anyone. The count restarts (the history stays), so
-                    // a one-off moved before the last tick it fired still runs.
+                if matches!(def.trigger, Trigger::Once { .. }) && def.trigger != s.def.trigger {
+                    // A one-off moved to another time is owed that time, even one before the tick it already fired
+                    // (its count restarts; the history stays).
                     s.progress.since = def.owed_from(now);
                     s.progress.last_tick = None;
+                } else if s.def.ticks_differ(&def) {
+                    // Ticks of the old trigger or window are not owed to anyone; ticks already handled stay handled.
+                    s.progress.since = now;
                 } else if def.enabled && !s.def.enabled {
                     // Nor are ticks that fell while it was disabled.
                     s.progress.since = now;

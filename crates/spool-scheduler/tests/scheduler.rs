@@ -250,14 +250,26 @@ async fn a_one_off_created_after_its_time_still_runs_once() {
     assert_eq!(rig.drive(1_003_000, 1_000).await, [995_000]);
     assert_eq!(rig.job_ticks("q"), [995_000]);
 
+    // Given a window around the same time, it does not run again.
+    let once = |at: u64, end_at: Option<u64>| ScheduleDef {
+        end_at,
+        ..ScheduleDef::new(
+            "late",
+            ScheduledJob::new(QueueName::new("q").unwrap(), b"x".to_vec()),
+            Trigger::Once { at },
+        )
+    };
+    rig.broker
+        .schedule_put(once(995_000, Some(2_000_000)), PutMode::Update)
+        .await
+        .unwrap();
+    assert!(rig.drive(1_005_000, 1_000).await.is_empty());
     // Moved to a time before the tick it already fired, it runs again, once.
-    let moved = ScheduleDef::new(
-        "late",
-        ScheduledJob::new(QueueName::new("q").unwrap(), b"x".to_vec()),
-        Trigger::Once { at: 990_000 },
-    );
-    rig.broker.schedule_put(moved, PutMode::Update).await.unwrap();
-    assert_eq!(rig.drive(1_006_000, 1_000).await, [990_000]);
+    rig.broker
+        .schedule_put(once(990_000, None), PutMode::Update)
+        .await
+        .unwrap();
+    assert_eq!(rig.drive(1_008_000, 1_000).await, [990_000]);
 }
 
 #[tokio::test]
@@ -515,8 +527,17 @@ async fn the_files_enabled_flag_wins_when_it_changes_and_a_runtime_toggle_stands
         .await
         .unwrap();
     let rig = Rig::over(store, ManualClock::new(0), EngineConfig::default());
-    assert_eq!(rig.scheduler.apply_config(spec(true)).await.unwrap().unchanged, ["cfg"]);
+    assert_eq!(
+        rig.scheduler.apply_config(spec(true)).await.unwrap().changed,
+        ["cfg"],
+        "written once, to keep the file's flag"
+    );
     assert!(!enabled(&rig));
+    assert_eq!(rig.scheduler.apply_config(spec(true)).await.unwrap().unchanged, ["cfg"]);
+    // From then on the file's flag works as for any other schedule.
+    assert_eq!(rig.scheduler.apply_config(spec(false)).await.unwrap().changed, ["cfg"]);
+    assert_eq!(rig.scheduler.apply_config(spec(true)).await.unwrap().changed, ["cfg"]);
+    assert!(enabled(&rig));
 }
 
 #[tokio::test(start_paused = true)]
