@@ -440,8 +440,10 @@ impl Config {
                 Err(e) => e,
             };
             let key = e.path().to_string();
-            // `SPOOL_AUTH__TOKEN=12345678` read as a number where the key wants text: it is the text.
-            if let Some(var) = applied.iter_mut().find(|a| a.key == key && !a.text) {
+            // `SPOOL_AUTH__TOKEN=12345678` read as a number where the key wants text: it is the text. (Only there:
+            // `SPOOL_RESP__MAX_CONNECTIONS=-1` must keep its own error, not one about a string.)
+            let wants_text = e.inner().to_string().contains("expected a string");
+            if let Some(var) = applied.iter_mut().find(|a| wants_text && a.key == key && !a.text) {
                 var.text = true;
                 set_key(&mut table, &var.path, toml::Value::String(var.raw.clone())).expect("set before");
                 continue;
@@ -460,12 +462,12 @@ impl Config {
             });
         };
         config.validate().map_err(|message| {
-            // Messages lead with the key they refuse (`resp.max_bulk_bytes: …`, `queues.x: …`, `resp: …`): blame the
-            // environment when a variable set it, or something under it.
+            // Messages lead with the key they refuse (`resp.max_bulk_bytes: …`, `queues.x: …`, `resp: …`) and name
+            // any other key the check compares it with: blame the environment when a variable set one of them.
             let key = message.split(':').next().unwrap_or_default();
             let from_env = applied
                 .iter()
-                .any(|a| a.key == key || a.key.starts_with(&format!("{key}.")));
+                .any(|a| a.key.starts_with(&format!("{key}.")) || message.contains(a.key.as_str()));
             ConfigError {
                 source_name: if from_env {
                     "environment".into()
@@ -743,8 +745,11 @@ mod tests {
             );
         }
         // ... but a number where a number is wanted is still checked as one.
-        let env = [("SPOOL_RESP__MAX_CONNECTIONS".to_string(), "12abc".to_string())];
-        assert!(Config::load(None, env).is_err());
+        for (value, said) in [("12abc", "string \"12abc\""), ("-1", "integer `-1`")] {
+            let env = [("SPOOL_RESP__MAX_CONNECTIONS".to_string(), value.to_string())];
+            let e = Config::load(None, env).unwrap_err().to_string();
+            assert!(e.contains("resp.max_connections") && e.contains(said), "{value}: {e}");
+        }
     }
 
     #[test]
@@ -857,5 +862,8 @@ mod tests {
         let env = [("SPOOL_QUEUES__X__LEASE".to_string(), "0s".to_string())];
         let e = Config::load(Some(f.path()), env).unwrap_err().to_string();
         assert!(e.starts_with("environment: queues.x:"), "{e}");
+        let env = [("SPOOL_LIMITS__MAX_PAYLOAD_BYTES".to_string(), "4194304".to_string())];
+        let e = Config::load(Some(f.path()), env).unwrap_err().to_string();
+        assert!(e.starts_with("environment: grpc.max_message_bytes:"), "{e}");
     }
 }

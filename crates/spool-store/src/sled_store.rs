@@ -9,10 +9,11 @@
 //! Checkpoints: when a segment reaches its size limit the writer starts the next one and hands the full one to a
 //! checkpointer thread, which folds it into sled — only the last write of each key, so a job pushed and acked within
 //! one segment never reaches sled — then flushes sled, makes that flush survive a power cut, and deletes the
-//! segment. sled 0.34.7's `flush()` ends in `sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER)`, which does not flush
-//! the device's write cache or the file's metadata, and values too big for a sled segment go to `blobs/<lsn>` files
-//! that sled never syncs at all; so after each sled flush the checkpointer `fdatasync`s sled's log file and any blob
-//! files written since (plus the blob directory). Only then may the segment go. Opening the store folds whatever
+//! segment. sled 0.34.7 as published ends each log buffer's write in `sync_file_range`, which does not flush the
+//! device's write cache or the file's metadata; Spool's `vendor/sled` syncs them with `fdatasync` instead, because
+//! sled reuses the space of records it moved as soon as that write returns. Values too big for a sled segment go to
+//! `blobs/<lsn>` files that sled never syncs at all; so after each sled flush the checkpointer also `fdatasync`s
+//! sled's log file and any blob files written since (plus the blob directory). Only then may the segment go. Opening the store folds whatever
 //! segments a crash left behind into sled before anything reads it, so `load` reads sled alone.
 //!
 //! Disk: the writer queues at most [`CHECKPOINT_QUEUE`] full segments and then waits; the checkpointer takes at

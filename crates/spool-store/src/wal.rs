@@ -1,7 +1,7 @@
 //! Spool's write-ahead log: the commit path of the sled store.
 //!
 //! Why a log of our own in front of sled: a commit through sled costs a page-cache batch (~8 µs of CPU per
-//! mutation), sled's flush (two `pwrite` + `sync_file_range` rounds) and our `fdatasync` — three device waits per
+//! mutation), sled's flush (two `pwrite` + sync rounds) and our `fdatasync` — three device waits per
 //! group commit — and sled rewrites pages for every put and delete, so a queue that churns past a large backlog grows
 //! sled's file and cache without bound. Here a group commit is one `pwrite` of one checksummed record and one
 //! `fdatasync`. sled becomes the checkpoint: a background thread folds each full segment into it, where a job that was
@@ -213,7 +213,8 @@ impl Segment {
         Ok(())
     }
 
-    /// `fdatasync`: unlike sled's `sync_file_range`, this also flushes the device's write cache and the file size.
+    /// `fdatasync`: unlike published sled's `sync_file_range`, this also flushes the device's write cache and the file
+    /// size.
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
