@@ -151,7 +151,10 @@ async fn a_refused_settlement_keeps_the_credit_and_a_message_over_the_limit_ends
 
     // A message over `max_message_bytes` (4 MiB here) ends the stream with OUT_OF_RANGE, not a clean close.
     let huge = "x".repeat(5 * 1024 * 1024);
-    worker.nack(&b.id, token(&b), Nack::Retry, Some(huge)).await.expect("send");
+    worker
+        .nack(&b.id, token(&b), Nack::Retry, Some(huge))
+        .await
+        .expect("send");
     match worker.next().await {
         Some(Err(e)) => assert!(e.to_string().contains("OutOfRange"), "{e}"),
         other => panic!("expected the stream to end with an error, got {other:?}"),
